@@ -1,0 +1,1 @@
+"""Calibration sets, INT8 calibrators and accuracy-drop reports for quantized engines."""

@@ -1,0 +1,40 @@
+"""Typed errors. Every error a user can cause derives from EdgeAwaresError, so the CLI can print one line
+and exit non-zero instead of a traceback."""
+
+
+class EdgeAwaresError(Exception):
+    """Base class of all errors a user can cause (bad input, missing files, unavailable backends)."""
+
+    exit_code = 2
+
+
+class ImageError(EdgeAwaresError):
+    """The image is missing, empty, truncated, not an image, or too large."""
+
+
+class CropError(EdgeAwaresError):
+    """A crop id or crop set is unknown or malformed."""
+
+
+class ProtocolError(EdgeAwaresError):
+    """A protocol name is unknown, or a conversation does not fit the protocol."""
+
+
+class PromptError(EdgeAwaresError):
+    """The question is empty, or the prompt does not fit the context."""
+
+
+class ModelLoadError(EdgeAwaresError):
+    """A checkpoint folder is missing, incomplete, or of an unsupported model family."""
+
+
+class BackendUnavailableError(EdgeAwaresError):
+    """An optional backend's library is not installed; the message names the pip extra."""
+
+
+class ConfigError(EdgeAwaresError):
+    """A configuration value is out of range; the message lists the legal values."""
+
+
+class DataError(EdgeAwaresError):
+    """A data file is missing or malformed (the message names file:line), or a dataset lacks a column."""

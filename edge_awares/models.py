@@ -1,0 +1,68 @@
+"""Model families: a small registry keyed by `model_type`, and reading a Hugging Face checkpoint folder.
+
+Only what the runtime needs is read here (config.json, preprocessor_config.json, tokenizer.json), with plain
+json: no transformers. Supported: Qwen2.5-VL. Adding a family means one registry entry and its adapter.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelLoadError
+from .views import Geometry
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str
+    title: str
+
+
+FAMILIES = {"qwen2_5_vl": Family("qwen2_5_vl", "Qwen2.5-VL")}
+
+
+@dataclass
+class CheckpointInfo:
+    path: Path
+    family: Family
+    config: dict
+    geometry: Geometry  # the checkpoint's own processor sizing (native view)
+
+
+def read_checkpoint(path: str | Path) -> CheckpointInfo:
+    """Validate a Hugging Face folder and read its family and view geometry. ModelLoadError names the problem."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelLoadError(f"{path}: no such checkpoint folder")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise ModelLoadError(f"{path}: not a Hugging Face checkpoint (no config.json)")
+    try:
+        config = json.loads(cfg_file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{cfg_file}: unreadable ({e})") from None
+    mtype = config.get("model_type")
+    if mtype not in FAMILIES:
+        raise ModelLoadError(f"{path}: model_type {mtype!r} is not supported; supported: {', '.join(FAMILIES)}")
+    if not any(path.glob("*.safetensors")):
+        raise ModelLoadError(f"{path}: no *.safetensors weights (pickle .bin files are not loaded)")
+    if not (path / "tokenizer.json").is_file():
+        raise ModelLoadError(f"{path}: no tokenizer.json")
+    v = config.get("vision_config", {})
+    geo = dict(patch_size=int(v.get("patch_size", 14)), merge_size=int(v.get("spatial_merge_size", 2)),
+               temporal_patch_size=int(v.get("temporal_patch_size", 2)))
+    pp_file = path / "preprocessor_config.json"
+    if pp_file.is_file():
+        try:
+            pp = json.loads(pp_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ModelLoadError(f"{pp_file}: unreadable ({e})") from None
+        size = pp.get("size") or {}
+        geo["min_pixels"] = int(pp.get("min_pixels") or size.get("shortest_edge") or 56 * 56)
+        geo["max_pixels"] = int(pp.get("max_pixels") or size.get("longest_edge") or 28 * 28 * 1280)
+        if pp.get("image_mean"):
+            geo["image_mean"] = tuple(pp["image_mean"])
+            geo["image_std"] = tuple(pp["image_std"])
+    return CheckpointInfo(path=path, family=FAMILIES[mtype], config=config, geometry=Geometry(**geo))

@@ -1,0 +1,280 @@
+"""The low-res -> crop -> answer loop, written once for every backend, training rollout and benchmark.
+
+Turn 1 prefills the system prompt and the first (low-res) view with the question and decodes. If the model
+requests crops, they are cut from the original image, encoded in one batched vision call, and appended as the
+next turn on the same KV cache: only the new tokens are prefilled. Every token carries a mask: 1 if the model
+sampled it, 0 for prompt, forced request, tool output and image tokens (STYLE.md §1).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from .backend import Backend
+from .chat import IM_END, Message, conversation_pieces, encode, generation_prompt, message_pieces
+from .crops import ALL, CropSet
+from .errors import ConfigError, CropError, PromptError
+from .positions import positions_for
+from .protocols import Parsed, Protocol
+from .tokenizer import TextTokenizer
+from .views import Geometry, View, native_view
+
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+CROP_POLICIES = ("model", "none", "all")
+
+
+@dataclass
+class Sampler:
+    """Greedy at temperature 0, else temperature + nucleus sampling from a seeded generator."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        self._rng = np.random.default_rng(self.seed)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        if self.temperature <= 0:
+            return int(np.argmax(logits))
+        z = logits.astype(np.float64) / self.temperature
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        if self.top_p < 1.0:
+            order = np.argsort(-p)
+            keep = order[: int(np.searchsorted(np.cumsum(p[order]), self.top_p)) + 1]
+            q = np.zeros_like(p)
+            q[keep] = p[keep]
+            p = q / q.sum()
+        return int(self._rng.choice(p.shape[0], p=p))
+
+
+@dataclass
+class SessionConfig:
+    max_new_tokens: int = 64
+    max_crop_turns: int = 1
+    max_context: int = 4096
+
+
+@dataclass
+class Turn:
+    """What one turn cost and produced."""
+
+    kind: str  # "prompt" (turn 1) or "crop"
+    visual_tokens: int
+    prefill_tokens: int
+    generated_ids: list[int]
+    text: str
+    parsed: str  # "answer", "request", "invalid", or "forced"
+    crop_ids: list[str]
+    vision_ms: float
+    prefill_ms: float
+    decode_ms: float
+
+
+@dataclass
+class SessionResult:
+    answer: str
+    crops: list[str]  # crop ids fetched (or "box" for a free box)
+    boxes: list[tuple[int, int, int, int]]  # fetched regions, original-image pixels
+    rtr: float  # true retained-token ratio: visual tokens processed / one native pass
+    pixel_ratio: float  # the released AwaRes evaluation's pixel ratio (low-res counted once per crop)
+    visual_tokens: int
+    native_visual_tokens: int
+    requested: bool  # the model (or the override) asked for crops
+    parse_failures: int
+    turns: list[Turn]
+    ids: np.ndarray = field(repr=False)  # every token of the conversation, in cache order
+    mask: np.ndarray = field(repr=False)  # 1 where the model sampled the token
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k not in ("ids", "mask")}
+        d["boxes"] = [list(b) for b in self.boxes]
+        return d
+
+
+def parse_crop_policy(value: str | list[str], crop_set: CropSet) -> str | list[str]:
+    """`model`, `none`, `all`, or a comma-separated list of crop ids/names (validated against the set)."""
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in CROP_POLICIES:
+            return v
+        value = [t for t in v.replace(" ", ",").split(",") if t]
+    if not value:
+        raise ConfigError(f"empty crop policy; use one of {', '.join(CROP_POLICIES)} or crop ids {crop_set.ids}")
+    ids = []
+    for t in value:
+        cid = crop_set.resolve(str(t))
+        if cid is None:
+            raise CropError(f"unknown crop id {t!r}; legal: {', '.join(crop_set.ids)} (or model, none, all)")
+        if cid not in ids:
+            ids.append(cid)
+    return [ALL] if ALL in ids else ids
+
+
+class Session:
+    """Runs the loop on one backend. Stateless between calls: each `run` allocates its own cache."""
+
+    def __init__(self, backend: Backend, tokenizer: TextTokenizer, protocol: Protocol, crop_set: CropSet,
+                 geometry: Geometry, config: SessionConfig | None = None):
+        self.backend, self.tok, self.protocol, self.crop_set = backend, tokenizer, protocol, crop_set
+        self.geometry = protocol.geometry(geometry)
+        self.config = config or SessionConfig()
+        self._stop_ids = {tokenizer.token_id(t) for t in STOP_TOKENS if _has(tokenizer, t)}
+        self._im_end = tokenizer.token_id(IM_END)
+
+    def run(self, image: Image.Image, question: str, crops: str | list[str] = "model",
+            sampler: Sampler | None = None, max_new_tokens: int | None = None) -> SessionResult:
+        """Answer `question` about `image`. `crops` overrides the policy: model, none, all, or crop ids."""
+        if not question or not question.strip():
+            raise PromptError("the question is empty")
+        policy = parse_crop_policy(crops, self.crop_set)
+        sampler = sampler or Sampler()
+        max_new = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if max_new < 1:
+            raise ConfigError("max_new_tokens must be at least 1")
+        state = _State(self.backend.new_cache(self.config.max_context))
+        first = self.protocol.first_view(image, self.geometry)
+        native = native_view(image, self.geometry)
+        system, tools = self.protocol.system_prompt(self.crop_set), self.protocol.tools(self.crop_set)
+        pieces = conversation_pieces(system, tools, [self.protocol.user_turn(first, question)])
+
+        forced = isinstance(policy, list) or policy == ALL
+        turn = self._turn(state, "prompt", [], pieces, max_new if not forced else 0, sampler)
+        if forced:
+            ids = [ALL] if policy == ALL else policy
+            text = self.protocol.request_text(ids, self.crop_set, first, image)
+            parsed = self.protocol.parse(text, self.crop_set)
+            turn.text, turn.parsed, turn.crop_ids = text, "forced", list(parsed.crop_ids)
+            # The request enters the cache as if the model had written it, but with mask 0.
+            state.pending = [(i, 0) for i in self.tok.encode(text)] + [(self._im_end, 0)]
+        else:
+            parsed = self.protocol.parse(turn.text, self.crop_set)
+            turn.parsed, turn.crop_ids = parsed.kind, list(parsed.crop_ids)
+        requested = parsed.is_request
+        failures = int(parsed.kind == "invalid")
+        visual = first.n_tokens
+        fetched: list[View] = []
+
+        for _ in range(self.config.max_crop_turns):
+            if not parsed.is_request or policy == "none":
+                break
+            views = self.protocol.crop_views(parsed, image, self.crop_set, self.geometry, first)
+            fetched += views
+            visual += sum(v.n_tokens for v in views)
+            msg: Message = self.protocol.crop_turn(views, question)
+            pieces = ["\n"] + message_pieces(msg, prev_role="assistant") + generation_prompt()
+            turn = self._turn(state, "crop", views, pieces, max_new, sampler)
+            parsed = self.protocol.parse(turn.text, self.crop_set)
+            turn.parsed, turn.crop_ids = parsed.kind, list(parsed.crop_ids)
+            failures += int(parsed.kind == "invalid")
+
+        last = state.turns[-1]
+        # A request left unserved (policy `none`, or no crop turn left) has no answer.
+        answer = self.protocol.answer_text(last.text) if parsed.kind == "answer" else ""
+        # Tokens sampled but never fed back (the final stop token) still belong to the conversation.
+        for tid, m in state.pending:
+            state.ids.append(tid)
+            state.mask.append(m)
+        full_px = image.width * image.height
+        if fetched:
+            pixel_ratio = sum(v.n_pixels + first.n_pixels for v in fetched) / full_px
+        else:
+            pixel_ratio = first.n_pixels / full_px
+        return SessionResult(
+            answer=answer,
+            crops=[v.crop_id if v.crop_id is not None else "box" for v in fetched],
+            boxes=[tuple(int(x) for x in v.box) for v in fetched],
+            rtr=visual / native.n_tokens,
+            pixel_ratio=pixel_ratio,
+            visual_tokens=visual,
+            native_visual_tokens=native.n_tokens,
+            requested=requested,
+            parse_failures=failures,
+            turns=state.turns,
+            ids=np.asarray(state.ids, dtype=np.int64),
+            mask=np.asarray(state.mask, dtype=np.int8),
+        )
+
+    def _turn(self, state: "_State", kind: str, views: list[View], pieces: list, max_new: int,
+              sampler: Sampler) -> Turn:
+        """Prefill what is pending plus `pieces` on the cache, then decode up to `max_new` tokens."""
+        enc = encode(pieces, self.tok)
+        head = state.pending
+        if head and head[-1][0] not in self._stop_ids:
+            head = head + [(self._im_end, 0)]  # the model ran out of tokens mid-turn: close its message
+        state.pending = []
+        ids = np.concatenate([np.asarray([t for t, _ in head], dtype=np.int64), enc.ids])
+        n_new = len(ids)
+        if state.cache.length + n_new + max_new > state.cache.capacity:
+            raise PromptError(
+                f"prompt too long: {state.cache.length + n_new} tokens + {max_new} new exceed the context of "
+                f"{state.cache.capacity} (use a smaller image cap or a larger --max-context)")
+
+        t0 = time.perf_counter()
+        all_views = [v for _, v in enc.images]
+        feats = self.backend.encode_images(all_views) if all_views else []
+        t1 = time.perf_counter()
+        embeds = self.backend.embed_tokens(ids)
+        shift = len(head)
+        for (offset, view), f in zip(enc.images, feats):
+            embeds[shift + offset: shift + offset + view.n_tokens] = f
+        # positions of the pending head continue the text run, then the new pieces
+        head_pos = np.arange(state.next_position, state.next_position + shift, dtype=np.int64)
+        body_pos, next_pos = positions_for(enc, state.next_position + shift)
+        positions = np.concatenate([np.broadcast_to(head_pos, (3, shift)), body_pos], axis=1)
+        logits = self.backend.forward(embeds, positions, state.cache)
+        t2 = time.perf_counter()
+        state.ids += ids.tolist()
+        state.mask += [m for _, m in head] + [0] * len(enc)
+        state.next_position = next_pos
+
+        generated: list[int] = []
+        for step in range(max_new):
+            tid = sampler(logits)
+            generated.append(tid)
+            if tid in self._stop_ids or step == max_new - 1:
+                state.pending = [(tid, 1)]
+                break
+            state.ids.append(tid)
+            state.mask.append(1)
+            e = self.backend.embed_tokens(np.asarray([tid], dtype=np.int64))
+            p = np.full((3, 1), state.next_position, dtype=np.int64)
+            logits = self.backend.forward(e, p, state.cache)
+            state.next_position += 1
+        t3 = time.perf_counter()
+        text_ids = generated[:-1] if generated and generated[-1] in self._stop_ids else generated
+        turn = Turn(
+            kind=kind, visual_tokens=sum(v.n_tokens for v in all_views), prefill_tokens=n_new,
+            generated_ids=generated, text=self.tok.decode(text_ids), parsed="", crop_ids=[],
+            vision_ms=(t1 - t0) * 1e3, prefill_ms=(t2 - t1) * 1e3, decode_ms=(t3 - t2) * 1e3,
+        )
+        state.turns.append(turn)
+        return turn
+
+
+class _State:
+    """Per-run state: the cache, the position counter and the token history (owned by the session only)."""
+
+    def __init__(self, cache):
+        self.cache = cache
+        self.next_position = 0
+        self.ids: list[int] = []
+        self.mask: list[int] = []
+        self.pending: list[tuple[int, int]] = []  # sampled or forced tokens not yet in the cache
+        self.turns: list[Turn] = []
+
+
+def _has(tok: TextTokenizer, token: str) -> bool:
+    try:
+        tok.token_id(token)
+        return True
+    except Exception:
+        return False
+
+
+__all__ = ["Session", "SessionConfig", "SessionResult", "Sampler", "Turn", "parse_crop_policy", "Parsed"]

@@ -1,0 +1,1 @@
+"""Checkpoint -> engine directory (ONNX graphs, quantization, TensorRT plans, GGUF, manifest)."""
