@@ -24,6 +24,8 @@ def _import_torch():
         raise BackendUnavailableError(
             f"the torch reference backend needs torch and transformers ({e.name} is missing): "
             "pip install 'edge-awares[torch]'") from None
+    # The CLI prints its own progress; transformers' weight-loading bars would only add noise.
+    transformers.utils.logging.disable_progress_bar()
     return torch, transformers
 
 

@@ -1,0 +1,97 @@
+"""Library entry points behind the CLI: one frozen config per command, validated before heavy work.
+
+    from edge_awares.api import AskConfig, ask
+    result = ask(AskConfig(image="doc.png", question="What is the total?", model="ckpt/"))
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .crops import AWARES_CROPS, CropSet
+from .errors import ConfigError, PromptError
+from .images import load_image
+from .protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
+from .session import Sampler, Session, SessionConfig, SessionResult, parse_crop_policy
+
+
+@dataclass(frozen=True)
+class AskConfig:
+    image: str
+    question: str
+    model: str | None = None  # Hugging Face checkpoint folder (torch reference backend)
+    engine: str | None = None  # engine directory (torch-free runtime)
+    protocol: str = DEFAULT_PROTOCOL
+    crops: str = "model"
+    max_new_tokens: int = 64
+    max_crop_turns: int = 1
+    max_context: int = 4096
+    temperature: float = 0.0
+    seed: int | None = None
+    provider: str = "cpu"
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> "AskConfig":
+        if self.model and self.engine:
+            raise ConfigError("give --model or --engine, not both")
+        if not self.question or not self.question.strip():
+            raise PromptError("the question is empty")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"unknown protocol {self.protocol!r}; legal: {', '.join(PROTOCOLS)}")
+        if self.max_new_tokens < 1:
+            raise ConfigError("--max-new-tokens must be at least 1")
+        if self.max_crop_turns < 0:
+            raise ConfigError("--max-crop-turns must be 0 or more")
+        if self.max_context < 64:
+            raise ConfigError("--max-context must be at least 64")
+        if self.temperature < 0:
+            raise ConfigError("--temperature must be 0 or more")
+        parse_crop_policy(self.crops, AWARES_CROPS)
+        return self
+
+
+def default_tiny_checkpoint() -> Path:
+    """A tiny random-init checkpoint built once into the user cache (until a trained demo engine ships)."""
+    from .tiny import make_tiny_checkpoint
+
+    root = Path(os.environ.get("EDGE_AWARES_CACHE", Path.home() / ".cache" / "edge-awares"))
+    path = root / "tiny-qwen2_5_vl"
+    if not (path / "model.safetensors").is_file():
+        tmp = root / f".tiny-{os.getpid()}"
+        make_tiny_checkpoint(tmp)
+        tmp.replace(path) if not path.exists() else None
+    return path
+
+
+def open_session(model: str | Path | None = None, engine: str | Path | None = None, protocol: str | None = None,
+                 config: SessionConfig | None = None, provider: str = "cpu", crop_set: CropSet = AWARES_CROPS,
+                 **protocol_options) -> Session:
+    """A Session over a checkpoint (torch reference backend) or an engine directory."""
+    if engine is not None:
+        from .runtimes.onnx import open_engine_session  # noqa: F401  (engine backends arrive with issue #3)
+
+        return open_engine_session(engine, protocol=protocol, config=config, provider=provider)
+    from .models import read_checkpoint
+    from .runtimes.reference import TorchBackend
+    from .tokenizer import TextTokenizer
+
+    info = read_checkpoint(model)
+    backend = TorchBackend(info.path)
+    proto = get_protocol(protocol or DEFAULT_PROTOCOL, **protocol_options)
+    return Session(backend, TextTokenizer.from_file(info.path), proto, crop_set, info.geometry, config)
+
+
+def ask(cfg: AskConfig, session: Session | None = None) -> SessionResult:
+    """Answer one question about one image. Raises EdgeAwaresError subclasses on bad input."""
+    cfg.validate()
+    image = load_image(cfg.image)
+    if session is None:
+        model = cfg.model
+        if model is None and cfg.engine is None:
+            model = str(default_tiny_checkpoint())
+        session = open_session(model=model, engine=cfg.engine, protocol=cfg.protocol, provider=cfg.provider,
+                               config=SessionConfig(cfg.max_new_tokens, cfg.max_crop_turns, cfg.max_context))
+    sampler = Sampler(cfg.temperature, seed=cfg.seed)
+    return session.run(image, cfg.question, crops=cfg.crops, sampler=sampler)

@@ -1,0 +1,115 @@
+"""The `edge-awares` command line. Thin: each command builds one config, validates it, calls the library.
+
+Every user error (EdgeAwaresError) prints one line and exits non-zero; no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from . import __version__
+from .errors import EdgeAwaresError
+from .protocols import DEFAULT_PROTOCOL, PROTOCOLS
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edge-awares")
+def cli():
+    """Low-resolution first, crops only where it matters: train, export and run crop policies."""
+
+
+@cli.command()
+@click.argument("image")
+@click.argument("question")
+@click.option("--model", "model", type=click.Path(), help="Hugging Face checkpoint folder (torch reference backend).")
+@click.option("--engine", "engine", type=click.Path(), help="Engine directory (torch-free runtime).")
+@click.option("--protocol", type=click.Choice(sorted(PROTOCOLS)), default=DEFAULT_PROTOCOL, show_default=True)
+@click.option("--crops", default="model", show_default=True,
+              help="Crop policy: model, none (low-res only), all, or crop ids such as 0,4.")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--max-crop-turns", type=int, default=1, show_default=True)
+@click.option("--max-context", type=int, default=4096, show_default=True, help="KV-cache capacity in tokens.")
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--seed", type=int, default=None)
+@click.option("--provider", default="cpu", show_default=True, help="Execution provider for --engine.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def ask(image, question, model, engine, protocol, crops, max_new_tokens, max_crop_turns, max_context,
+        temperature, seed, provider, as_json):
+    """Answer QUESTION about IMAGE: low-res view first, crops only if the policy asks."""
+    from .api import AskConfig, ask as run_ask
+
+    cfg = AskConfig(image=image, question=question, model=model, engine=engine, protocol=protocol, crops=crops,
+                    max_new_tokens=max_new_tokens, max_crop_turns=max_crop_turns, max_context=max_context,
+                    temperature=temperature, seed=seed, provider=provider).validate()
+    noise = model is None and engine is None
+    if noise:
+        _warn("no --model or --engine given and no trained demo engine ships yet: using a tiny RANDOM-INIT "
+              "checkpoint built locally. Its answers are noise; it shows the loop, not a policy.")
+    t0 = time.perf_counter()
+    result = run_ask(cfg)
+    total_ms = (time.perf_counter() - t0) * 1e3
+    out = result.to_dict()
+    out.update(protocol=protocol, model=model, engine=engine, total_ms=total_ms, random_weights=noise)
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        _print_result(out)
+
+
+@cli.command()
+@click.argument("out_dir", type=click.Path())
+@click.option("--preset", type=click.Choice(["tiny", "small", "mid"]), default="tiny", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def tiny(out_dir, preset, seed):
+    """Build a random-init Qwen2.5-VL checkpoint (for tests and plumbing; answers are noise)."""
+    from .tiny import make_tiny_checkpoint
+
+    click.echo(str(make_tiny_checkpoint(out_dir, preset=preset, seed=seed)))
+
+
+def _print_result(out: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    con.print(f"[bold]Answer:[/bold] {out['answer']!r}")
+    crops = ", ".join(out["crops"]) or "none (answered from the low-res view)"
+    con.print(f"[bold]Crops fetched:[/bold] {crops}")
+    con.print(f"[bold]RTR:[/bold] {out['rtr']:.3f}  ({out['visual_tokens']} of {out['native_visual_tokens']} "
+              f"native visual tokens)   pixel ratio (AwaRes eval convention): {out['pixel_ratio']:.3f}")
+    t = Table("turn", "kind", "visual tok", "prefill tok", "generated", "vision ms", "prefill ms", "decode ms")
+    for i, turn in enumerate(out["turns"], 1):
+        t.add_row(str(i), turn["kind"], str(turn["visual_tokens"]), str(turn["prefill_tokens"]),
+                  str(len(turn["generated_ids"])), f"{turn['vision_ms']:.1f}", f"{turn['prefill_ms']:.1f}",
+                  f"{turn['decode_ms']:.1f}")
+    con.print(t)
+    con.print(f"total {out['total_ms']:.0f} ms (including load)")
+
+
+def _warn(msg: str) -> None:
+    click.echo(click.style("warning: ", fg="yellow", bold=True) + msg, err=True)
+
+
+def main(argv=None) -> int:
+    try:
+        cli.main(args=argv, prog_name="edge-awares", standalone_mode=False)
+    except EdgeAwaresError as e:
+        click.echo(click.style("error: ", fg="red", bold=True) + str(e), err=True)
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
