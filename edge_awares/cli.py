@@ -62,7 +62,7 @@ def ask(image, question, model, engine, protocol, crops, max_new_tokens, max_cro
 
 @cli.command()
 @click.argument("out_dir", type=click.Path())
-@click.option("--preset", type=click.Choice(["tiny", "small", "mid"]), default="tiny", show_default=True)
+@click.option("--preset", type=click.Choice(["tiny", "tiny2", "small", "mid"]), default="tiny", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def tiny(out_dir, preset, seed):
     """Build a random-init Qwen2.5-VL checkpoint (for tests and plumbing; answers are noise)."""
@@ -72,6 +72,7 @@ def tiny(out_dir, preset, seed):
 
 
 def _print_result(out: dict) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -79,9 +80,11 @@ def _print_result(out: dict) -> None:
     con.print(f"[bold]Answer:[/bold] {out['answer']!r}")
     crops = ", ".join(out["crops"]) or "none (answered from the low-res view)"
     con.print(f"[bold]Crops fetched:[/bold] {crops}")
-    con.print(f"[bold]RTR:[/bold] {out['rtr']:.3f}  ({out['visual_tokens']} of {out['native_visual_tokens']} "
-              f"native visual tokens)   pixel ratio (AwaRes eval convention): {out['pixel_ratio']:.3f}")
-    t = Table("turn", "kind", "visual tok", "prefill tok", "generated", "vision ms", "prefill ms", "decode ms")
+    con.print(f"[bold]RTR:[/bold] {out['rtr']:.3f} ({out['visual_tokens']} of {out['native_visual_tokens']} "
+              f"native visual tokens); AwaRes-eval pixel ratio {out['pixel_ratio']:.3f}")
+    t = Table(box=box.SIMPLE_HEAD, title="per turn (tokens; times in ms)", title_justify="left")
+    for name in ("turn", "kind", "vis tok", "in tok", "out tok", "vision", "prefill", "decode"):
+        t.add_column(name, no_wrap=True, justify="left" if name == "kind" else "right")
     for i, turn in enumerate(out["turns"], 1):
         t.add_row(str(i), turn["kind"], str(turn["visual_tokens"]), str(turn["prefill_tokens"]),
                   str(len(turn["generated_ids"])), f"{turn['vision_ms']:.1f}", f"{turn['prefill_ms']:.1f}",

@@ -38,3 +38,24 @@ class ConfigError(EdgeAwaresError):
 
 class DataError(EdgeAwaresError):
     """A data file is missing or malformed (the message names file:line), or a dataset lacks a column."""
+
+
+class EngineError(EdgeAwaresError):
+    """An engine directory is missing, malformed, or fails validation; the message names the problem."""
+
+
+class EngineVersionError(EngineError):
+    """An engine's manifest uses a schema version this toolkit does not read (newer, or too old)."""
+
+
+class EngineIntegrityError(EngineError):
+    """A file the manifest lists is missing, or its size or sha256 does not match (tampered or corrupt)."""
+
+
+class ExportError(EdgeAwaresError):
+    """An export failed (unsupported model, a graph that did not build, or verification against the reference
+    failed); nothing was left in the output directory."""
+
+
+class ProviderUnavailableError(BackendUnavailableError):
+    """An execution provider (cuda, tensorrt) is not available in the installed onnxruntime build."""

@@ -30,6 +30,7 @@ QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
 # name: (text hidden, layers, heads, kv heads, intermediate, vision hidden, vision depth, vision heads)
 PRESETS = {
     "tiny": (64, 2, 4, 2, 128, 32, 2, 2),
+    "tiny2": (96, 3, 6, 2, 192, 48, 3, 3),  # a second shape for parity tests
     "small": (256, 4, 4, 2, 704, 128, 4, 4),
     "mid": (512, 8, 8, 2, 1536, 256, 8, 4),  # ~100M parameters with the vocabulary below
 }

@@ -47,7 +47,7 @@ class AwaresProtocol(Protocol):
         if m is None:
             return Parsed("answer", text, answer=text.strip())
         body = m.group("list") if m.group("list") is not None else (m.group("bare") or "")
-        ids, dropped = resolve_tokens(re.split(r"[,\s;]+", body), crop_set)
+        ids, dropped = resolve_tokens(re.split(r"[,;]+", body), crop_set)
         if not ids:
             return Parsed("invalid", text, crop_ids=list(self.fallback_crops), dropped=dropped)
         return Parsed("request", text, crop_ids=ids, dropped=dropped)

@@ -6,6 +6,7 @@ backend go through the same Protocol object, so what is trained is what is deplo
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -89,13 +90,27 @@ def dedupe(ids: list[str]) -> list[str]:
     return [ALL] if ALL in out else out
 
 
-def resolve_tokens(tokens: list[str], crop_set: CropSet) -> tuple[list[str], list[str]]:
-    """Map request tokens (ids or names) to crop ids; returns (ids, tokens that named no crop)."""
+def resolve_tokens(items: list[str], crop_set: CropSet) -> tuple[list[str], list[str]]:
+    """Map request items (ids or names) to crop ids; returns (ids, words that named no crop).
+
+    An item is tried whole first ("bottom right" is one name), then word by word ("0 4" is two ids).
+    """
     ids, dropped = [], []
-    for t in tokens:
-        t = t.strip().strip("'\"` ")
-        if not t:
+    for item in items:
+        item = _clean(item)
+        if not item:
             continue
-        cid = crop_set.resolve(t)
-        (ids if cid is not None else dropped).append(cid if cid is not None else t)
+        cid = crop_set.resolve(item)
+        if cid is not None:
+            ids.append(cid)
+            continue
+        for word in re.split(r"\s+", item):
+            word = _clean(word)
+            if word:
+                cid = crop_set.resolve(word)
+                (ids if cid is not None else dropped).append(cid if cid is not None else word)
     return dedupe(ids), dropped
+
+
+def _clean(s: str) -> str:
+    return s.strip().strip("'\"` ").strip()

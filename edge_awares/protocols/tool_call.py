@@ -106,7 +106,7 @@ def _regions(call: dict) -> list[str] | None:
         if key in args:
             v = args[key]
             if isinstance(v, (str, int)):
-                return [str(x) for x in re.split(r"[,\s]+", str(v))]
+                return re.split(r"[,;]+", str(v))
             if isinstance(v, list):
                 return [str(x) for x in v]
             return None

@@ -1,0 +1,71 @@
+"""The `edge-awares` CLI: both turns on a tiny checkpoint with --json, and every bad input exits non-zero
+with one line and no traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edge_awares.cli import main
+
+from conftest import make_doc
+
+
+@pytest.fixture(scope="module")
+def doc_path(tmp_path_factory):
+    p = tmp_path_factory.mktemp("img") / "doc.png"
+    make_doc(640, 480).save(p)
+    return p
+
+
+def test_ask_json_two_turns_console_script(tiny_ckpt, doc_path):
+    out = subprocess.run([sys.executable, "-m", "edge_awares.cli", "ask", str(doc_path), "What is the total?",
+                          "--model", str(tiny_ckpt), "--crops", "0,4", "--json", "--max-new-tokens", "5"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    for key in ("answer", "crops", "rtr", "visual_tokens", "native_visual_tokens", "turns", "pixel_ratio"):
+        assert key in d
+    assert d["crops"] == ["0", "4"] and len(d["turns"]) == 2
+    for t in d["turns"]:
+        for key in ("visual_tokens", "prefill_tokens", "generated_ids", "vision_ms", "prefill_ms", "decode_ms"):
+            assert key in t
+    assert d["turns"][1]["prefill_tokens"] < d["turns"][0]["prefill_tokens"] + d["turns"][1]["visual_tokens"]
+    assert d["rtr"] == pytest.approx(d["visual_tokens"] / d["native_visual_tokens"])
+
+
+def test_ask_human_output(tiny_ckpt, doc_path, capsys):
+    assert main(["ask", str(doc_path), "What?", "--model", str(tiny_ckpt), "--crops", "none",
+                 "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "Answer:" in out and "RTR:" in out and "prefill" in out and "…" not in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["ask", "{missing}", "q"], "no such file"),
+    (["ask", "{garbage}", "q"], "not a recognised image"),
+    (["ask", "{doc}", "q", "--crops", "0,9"], "unknown crop id '9'"),
+    (["ask", "{doc}", "   "], "question is empty"),
+    (["ask", "{doc}", "q", "--max-context", "100"], "prompt too long"),
+    (["ask", "{doc}", "q", "--max-new-tokens", "0"], "at least 1"),
+    (["ask", "{doc}", "q", "--model", "{tmp}"], "no config.json"),
+    (["ask", "{doc}", "q", "--model", "{ckpt}", "--engine", "{tmp}"], "not both"),
+])
+def test_bad_input_one_line_no_traceback(tiny_ckpt, doc_path, tmp_path, capsys, args, message):
+    (tmp_path / "garbage.png").write_text("not an image")
+    subs = {"{missing}": str(tmp_path / "missing.png"), "{garbage}": str(tmp_path / "garbage.png"),
+            "{doc}": str(doc_path), "{tmp}": str(tmp_path), "{ckpt}": str(tiny_ckpt)}
+    argv = [subs.get(a, a) for a in args]
+    if "--model" not in argv:
+        argv += ["--model", str(tiny_ckpt)]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code != 0
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_usage_error_exit_code(capsys):
+    assert main(["ask", "x.png", "q", "--protocol", "nope"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
