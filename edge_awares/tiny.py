@@ -32,7 +32,7 @@ PRESETS = {
     "tiny": (64, 2, 4, 2, 128, 32, 2, 2),
     "tiny2": (96, 3, 6, 2, 192, 48, 3, 3),  # a second shape for parity tests
     "small": (256, 4, 4, 2, 704, 128, 4, 4),
-    "mid": (512, 8, 8, 2, 1536, 256, 8, 4),  # ~100M parameters with the vocabulary below
+    "mid": (768, 12, 12, 2, 2048, 384, 8, 6),  # ~100M parameters (~90M language, ~14M vision)
 }
 
 

@@ -15,7 +15,7 @@ from edge_awares.models import read_checkpoint  # noqa: E402
 from edge_awares.protocols import get_protocol  # noqa: E402
 from edge_awares.session import Session, SessionConfig  # noqa: E402
 from edge_awares.tokenizer import TextTokenizer  # noqa: E402
-from runtimes.reference import TorchBackend  # noqa: E402
+from edge_awares.runtimes.reference import TorchBackend  # noqa: E402
 
 from conftest import make_doc  # noqa: E402
 
