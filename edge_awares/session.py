@@ -128,8 +128,15 @@ class Session:
         self._im_end = tokenizer.token_id(IM_END)
 
     def run(self, image: Image.Image, question: str, crops: str | list[str] = "model",
-            sampler: Sampler | None = None, max_new_tokens: int | None = None) -> SessionResult:
-        """Answer `question` about `image`. `crops` overrides the policy: model, none, all, or crop ids."""
+            sampler: Sampler | None = None, max_new_tokens: int | None = None,
+            view: str = "lowres") -> SessionResult:
+        """Answer `question` about `image`. `crops` overrides the policy: model, none, all, or crop ids.
+
+        `view="native"` starts from the native view instead (the single full-resolution pass baseline);
+        crop requests are then not served, as there is nothing finer to fetch.
+        """
+        if view not in ("lowres", "native"):
+            raise ConfigError(f"unknown first view {view!r}; legal: lowres, native")
         if not question or not question.strip():
             raise PromptError("the question is empty")
         policy = parse_crop_policy(crops, self.crop_set)
@@ -138,8 +145,11 @@ class Session:
         if max_new < 1:
             raise ConfigError("max_new_tokens must be at least 1")
         state = _State(self.backend.new_cache(self.config.max_context))
-        first = self.protocol.first_view(image, self.geometry)
         native = native_view(image, self.geometry)
+        if view == "native":
+            first, policy = native, "none"
+        else:
+            first = self.protocol.first_view(image, self.geometry)
         system, tools = self.protocol.system_prompt(self.crop_set), self.protocol.tools(self.crop_set)
         pieces = conversation_pieces(system, tools, [self.protocol.user_turn(first, question)])
 

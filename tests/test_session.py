@@ -126,3 +126,18 @@ def test_sampler():
     assert draws == [Sampler(temperature=1.0, seed=3)(logits)] * 3
     s = Sampler(temperature=5.0, top_p=0.5, seed=0)
     assert {s(logits) for _ in range(50)} == {1}
+
+
+def test_native_single_pass(tok):
+    _, s = _session(tok, [REQ["tool_call"], "never"])
+    r = s.run(make_doc(640, 480), "q", view="native")
+    assert r.rtr == pytest.approx(1.0) and len(r.turns) == 1 and r.crops == []
+    with pytest.raises(ConfigError, match="lowres, native"):
+        s.run(make_doc(640, 480), "q", view="full")
+
+
+def test_plain_protocol_never_requests(tok):
+    be = ScriptedBackend(tok, ["GET_CROPS: ['3']"])
+    s = Session(be, tok, get_protocol("plain"), AWARES_CROPS, G)
+    r = s.run(make_doc(640, 480), "q")
+    assert not r.requested and r.answer == "GET_CROPS: ['3']"

@@ -1,4 +1,5 @@
-"""Protocol registry: `get_protocol(name)` for `awares`, `tool_call` (default for trained policies), `ergo`."""
+"""Protocol registry: `get_protocol(name)` for `awares`, `tool_call` (default for trained policies), `ergo`,
+and `plain` (no crop tool: base models and baselines)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ from ..errors import ProtocolError
 from .awares import AwaresProtocol
 from .base import Parsed, Protocol
 from .ergo import ErgoProtocol
+from .plain import PlainProtocol
 from .tool_call import ToolCallProtocol
 
-PROTOCOLS = {"tool_call": ToolCallProtocol, "awares": AwaresProtocol, "ergo": ErgoProtocol}
+PROTOCOLS = {
+    "tool_call": ToolCallProtocol, "awares": AwaresProtocol, "ergo": ErgoProtocol, "plain": PlainProtocol,
+}
 DEFAULT_PROTOCOL = "tool_call"
 
 
