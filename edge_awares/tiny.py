@@ -40,12 +40,13 @@ def _corpus() -> list[str]:
     from .protocols import PROTOCOLS
 
     lines = []
-    for cls in PROTOCOLS.values():
+    for name, cls in PROTOCOLS.items():
         p = cls()
         lines.append(p.system_prompt(AWARES_CROPS) or "")
         for t in p.tools(AWARES_CROPS) or []:
             lines.append(json.dumps(t))
-        lines.append(p.request_text(["0", "4"], AWARES_CROPS, _FakeView(), _FakeView()))
+        if name != "plain":  # the plain protocol has no request syntax
+            lines.append(p.request_text(["0", "4"], AWARES_CROPS, _FakeView(), _FakeView()))
     words = ("What is the value code number colour color panel box page top bottom left right centre center "
              "title heading red green blue yellow orange purple grey black white star circle square triangle "
              "bar chart table total how many which is tallest shortest written printed under above next to the "
