@@ -71,6 +71,25 @@ def tiny(out_dir, preset, seed):
     click.echo(str(make_tiny_checkpoint(out_dir, preset=preset, seed=seed)))
 
 
+def _register_subcommands() -> None:
+    """Commands that live beside their library code (data, curation, training), each module's COMMANDS list.
+    Those modules must stay import-light: heavy libraries load inside the command bodies."""
+    import importlib
+
+    for name in ("edge_awares.data.cli", "edge_awares.train.cli"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register_subcommands()
+
+
 def _print_result(out: dict) -> None:
     from rich import box
     from rich.console import Console
