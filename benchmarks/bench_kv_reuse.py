@@ -24,30 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-class Capture:
-    """Backend wrapper that keeps each forward call's inputs, so the whole conversation can be replayed."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.name, self.hidden_size, self.vocab_size = inner.name, inner.hidden_size, inner.vocab_size
-        self.calls, self.views = [], []
-
-    def encode_images(self, views):
-        self.views.append(list(views))
-        return self.inner.encode_images(views)
-
-    def embed_tokens(self, ids):
-        return self.inner.embed_tokens(ids)
-
-    def new_cache(self, capacity):
-        self.calls, self.views = [], []
-        return self.inner.new_cache(capacity)
-
-    def forward(self, embeds, positions, cache):
-        self.calls.append((embeds, positions))
-        return self.inner.forward(embeds, positions, cache)
-
-
 def _ms(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -66,6 +42,7 @@ def main() -> None:
     import torch
 
     from conftest import make_doc
+    from edge_awares.backend import RecordingBackend
     from edge_awares.crops import AWARES_CROPS
     from edge_awares.models import read_checkpoint
     from edge_awares.protocols import get_protocol
@@ -79,7 +56,7 @@ def main() -> None:
         info = read_checkpoint(ckpt)
         inner = TorchBackend(ckpt)
         n_params = sum(p.numel() for p in inner.model.parameters())
-        be = Capture(inner)
+        be = RecordingBackend(inner)
         session = Session(be, TextTokenizer.from_file(ckpt), get_protocol("tool_call"), AWARES_CROPS,
                           info.geometry, SessionConfig(max_new_tokens=1))
         w, h = (int(x) for x in a.size.split("x"))
@@ -88,8 +65,8 @@ def main() -> None:
         for run in range(a.runs + 1):  # the first run is a warm-up
             r = session.run(image, "What is the total in the table?", crops=a.crops)
             t2 = r.turns[1]
-            (e1, p1), (e2, p2) = be.calls[0], be.calls[1]
-            all_views = be.views[0] + be.views[1]
+            (e1, p1, _), (e2, p2, _) = be.calls[0], be.calls[1]
+            all_views = be.views
             embeds, positions = np.concatenate([e1, e2]), np.concatenate([p1, p2], axis=1)
             full_prefill = _ms(lambda: inner.forward(embeds, positions, inner.new_cache(4096)))
             full_vision = _ms(lambda: inner.encode_images(all_views))

@@ -47,3 +47,33 @@ class Backend(_Protocol):
     def forward(self, embeds: np.ndarray, positions: np.ndarray, cache: Cache) -> np.ndarray:
         """Append `embeds` [n, hidden] at `positions` [3, n] to the cache; logits [vocab] of the last token."""
         ...
+
+
+class RecordingBackend:
+    """Wraps a backend and keeps what passes through it, for parity tests, benchmarks and profiling.
+
+    `views` are the views encoded in this session, `calls` each forward call's (embeds, positions, logits).
+    A new cache starts a new record.
+    """
+
+    def __init__(self, inner: Backend):
+        self.inner = inner
+        self.name, self.hidden_size, self.vocab_size = inner.name, inner.hidden_size, inner.vocab_size
+        self.views: list[View] = []
+        self.calls: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def encode_images(self, views: list[View]) -> list[np.ndarray]:
+        self.views += views
+        return self.inner.encode_images(views)
+
+    def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
+        return self.inner.embed_tokens(ids)
+
+    def new_cache(self, capacity: int) -> Cache:
+        self.views, self.calls = [], []
+        return self.inner.new_cache(capacity)
+
+    def forward(self, embeds: np.ndarray, positions: np.ndarray, cache: Cache) -> np.ndarray:
+        logits = self.inner.forward(embeds, positions, cache)
+        self.calls.append((embeds, positions, logits))
+        return logits

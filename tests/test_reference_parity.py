@@ -10,6 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from edge_awares.backend import RecordingBackend  # noqa: E402
 from edge_awares.crops import AWARES_CROPS  # noqa: E402
 from edge_awares.models import read_checkpoint  # noqa: E402
 from edge_awares.protocols import get_protocol  # noqa: E402
@@ -18,31 +19,6 @@ from edge_awares.tokenizer import TextTokenizer  # noqa: E402
 from edge_awares.runtimes.reference import TorchBackend  # noqa: E402
 
 from conftest import make_doc  # noqa: E402
-
-
-class Recording:
-    """Wraps a backend and records the views it encodes and the logits each forward call returns."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.name, self.hidden_size, self.vocab_size = inner.name, inner.hidden_size, inner.vocab_size
-        self.views, self.chunks = [], []
-
-    def encode_images(self, views):
-        self.views += views
-        return self.inner.encode_images(views)
-
-    def embed_tokens(self, ids):
-        return self.inner.embed_tokens(ids)
-
-    def new_cache(self, capacity):
-        self.views, self.chunks = [], []
-        return self.inner.new_cache(capacity)
-
-    def forward(self, embeds, positions, cache):
-        logits = self.inner.forward(embeds, positions, cache)
-        self.chunks.append((embeds.shape[0], logits))
-        return logits
 
 
 def _full_forward_logits(model, ids, views, image_token_id):
@@ -66,7 +42,7 @@ def backend(request):
 def test_cached_turns_equal_full_forward(backend, protocol, crops, doc_image_sized):
     path, be = backend
     info = read_checkpoint(path)
-    rec = Recording(be)
+    rec = RecordingBackend(be)
     s = Session(rec, TextTokenizer.from_file(path), get_protocol(protocol), AWARES_CROPS, info.geometry,
                 SessionConfig(max_new_tokens=6))
     r = s.run(doc_image_sized, "What is the total on the page?", crops=crops)
@@ -75,8 +51,8 @@ def test_cached_turns_equal_full_forward(backend, protocol, crops, doc_image_siz
     full = _full_forward_logits(be.model, r.ids[:-1], rec.views, info.config["image_token_id"])
     end = 0
     worst = 0.0
-    for n, logits in rec.chunks:
-        end += n
+    for embeds, _, logits in rec.calls:
+        end += embeds.shape[0]
         ref = full[end - 1]
         worst = max(worst, float(np.abs(logits - ref).max() / (np.abs(ref).max() + 1e-6)))
         assert int(np.argmax(logits)) == int(np.argmax(ref))
