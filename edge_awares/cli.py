@@ -71,12 +71,77 @@ def tiny(out_dir, preset, seed):
     click.echo(str(make_tiny_checkpoint(out_dir, preset=preset, seed=seed)))
 
 
+@cli.command("export")
+@click.argument("checkpoint", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="Engine directory to create.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default="fp32", show_default=True)
+@click.option("--protocol", type=click.Choice(sorted(PROTOCOLS)), default=DEFAULT_PROTOCOL, show_default=True,
+              help="The conversation protocol the policy was trained with (stored in the manifest).")
+@click.option("--vision-precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Vision encoder precision (default: as --precision; int8 Q/DQ for int4).")
+@click.option("--calib-images", multiple=True, type=click.Path(),
+              help="Images (or folders of images) to calibrate int8 vision on; repeatable. Default: synthetic.")
+@click.option("--int4-block-size", type=int, default=32, show_default=True)
+@click.option("--max-context", type=int, default=4096, show_default=True, help="Default KV-cache capacity.")
+@click.option("--force", is_flag=True, help="Replace an existing engine directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest's verification and sizes as JSON.")
+def export_cmd(checkpoint, output, precision, protocol, vision_precision, calib_images, int4_block_size,
+               max_context, force, as_json):
+    """Export CHECKPOINT (a Hugging Face Qwen2.5-VL folder) to a verified ONNX engine directory."""
+    from .export.engine import ExportConfig, expand_images, export_engine
+    from .manifest import load_manifest
+
+    cfg = ExportConfig(checkpoint=checkpoint, output=output, precision=precision, protocol=protocol,
+                       vision_precision=vision_precision, calib_images=expand_images(calib_images),
+                       int4_block_size=int4_block_size, max_context=max_context, force=force).validate()
+    log = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
+    path = export_engine(cfg, log=log)
+    m = load_manifest(path, check_files=False).data
+    if as_json:
+        click.echo(json.dumps({"engine": str(path), "precision": m["precision"], "sizes": m["sizes"],
+                               "verification": m["verification"]}))
+    else:
+        click.echo(f"engine written to {path}")
+
+
+@cli.command("profile")
+@click.argument("image")
+@click.argument("question")
+@click.option("--engine", "engine", type=click.Path(), help="Engine directory (torch-free runtime).")
+@click.option("--model", "model", type=click.Path(), help="Hugging Face checkpoint folder (torch reference).")
+@click.option("--protocol", type=click.Choice(sorted(PROTOCOLS)), default=None,
+              help="Override the engine's protocol (default: the engine's own, or tool_call for --model).")
+@click.option("--crops", default="model", show_default=True, help="Crop policy: model, none, all, or ids such as 0,4.")
+@click.option("--runs", type=int, default=5, show_default=True)
+@click.option("--warmup", type=int, default=1, show_default=True)
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--max-context", type=int, default=4096, show_default=True)
+@click.option("--provider", default="cpu", show_default=True, help="Execution provider: cpu, cuda, tensorrt.")
+@click.option("--trace", type=click.Path(), default=None, help="Write a Chrome trace (chrome://tracing, Perfetto).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def profile_cmd(image, question, engine, model, protocol, crops, runs, warmup, max_new_tokens, max_context,
+                provider, trace, as_json):
+    """Time the crop loop on IMAGE/QUESTION: per-turn vision, prefill, decode; RTR; peak memory."""
+    from .runtimes.profile import ProfileConfig, format_report, profile
+
+    cfg = ProfileConfig(image=image, question=question, engine=engine, model=model, protocol=protocol, crops=crops,
+                        runs=runs, warmup=warmup, provider=provider, max_new_tokens=max_new_tokens,
+                        max_context=max_context, trace=trace).validate()
+    report = profile(cfg)
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        click.echo(format_report(report))
+        if trace:
+            click.echo(f"trace written to {trace} (open in chrome://tracing or ui.perfetto.dev)")
+
+
 def _register_subcommands() -> None:
     """Commands that live beside their library code (data, curation, training), each module's COMMANDS list.
     Those modules must stay import-light: heavy libraries load inside the command bodies."""
     import importlib
 
-    for name in ("edge_awares.data.cli", "edge_awares.train.cli"):
+    for name in ("edge_awares.data.cli", "edge_awares.train.cli", "edge_awares.evaluate"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
