@@ -23,7 +23,7 @@ class AskConfig:
     question: str
     model: str | None = None  # Hugging Face checkpoint folder (torch reference backend)
     engine: str | None = None  # engine directory (torch-free runtime)
-    protocol: str = DEFAULT_PROTOCOL
+    protocol: str | None = None  # None: the engine's own protocol, or tool_call for a checkpoint
     crops: str = "model"
     max_new_tokens: int = 64
     max_crop_turns: int = 1
@@ -38,7 +38,7 @@ class AskConfig:
             raise ConfigError("give --model or --engine, not both")
         if not self.question or not self.question.strip():
             raise PromptError("the question is empty")
-        if self.protocol not in PROTOCOLS:
+        if self.protocol is not None and self.protocol not in PROTOCOLS:
             raise ConfigError(f"unknown protocol {self.protocol!r}; legal: {', '.join(PROTOCOLS)}")
         if self.max_new_tokens < 1:
             raise ConfigError("--max-new-tokens must be at least 1")

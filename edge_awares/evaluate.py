@@ -26,7 +26,7 @@ class EvalConfig:
     model: str | None = None
     engine: str | None = None
     benchmark: str = "samples"  # loader name: samples (our JSONL), chartqa, docvqa, textvqa, pope, vstar
-    protocol: str = DEFAULT_PROTOCOL
+    protocol: str | None = None  # None: the engine's own protocol, or tool_call for a checkpoint
     crops: str = "model"
     native: bool = False  # single pass at native resolution (the paper's baseline)
     metric: str = "exact"
@@ -148,7 +148,7 @@ def _command():
     @click.option("--engine", type=click.Path(), help="Engine directory (torch-free runtime).")
     @click.option("--benchmark", default="samples", show_default=True,
                   help="Loader: samples, chartqa, docvqa, textvqa, pope, vstar.")
-    @click.option("--protocol", default=DEFAULT_PROTOCOL, show_default=True)
+    @click.option("--protocol", default=None, help=f"Default: the engine's own; {DEFAULT_PROTOCOL} for --model.")
     @click.option("--crops", default="model", show_default=True, help="model, none, all, or crop ids.")
     @click.option("--native", is_flag=True, help="Single pass at native resolution (the baseline).")
     @click.option("--metric", type=click.Choice(METRICS), default="exact", show_default=True)

@@ -90,6 +90,7 @@ class SessionResult:
     turns: list[Turn]
     ids: np.ndarray = field(repr=False)  # every token of the conversation, in cache order
     mask: np.ndarray = field(repr=False)  # 1 where the model sampled the token
+    protocol: str = ""
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("ids", "mask")}
@@ -208,6 +209,7 @@ class Session:
             turns=state.turns,
             ids=np.asarray(state.ids, dtype=np.int64),
             mask=np.asarray(state.mask, dtype=np.int8),
+            protocol=self.protocol.name,
         )
 
     def _turn(self, state: "_State", kind: str, views: list[View], pieces: list, max_new: int,

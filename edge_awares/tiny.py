@@ -80,10 +80,12 @@ def make_tokenizer(vocab_size: int = 1024):
 
 def make_tiny_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0, vocab_size: int = 1024,
                          initializer_range: float = 0.1, max_pixels: int = 1024 * 28 * 28,
-                         min_pixels: int = 16 * 28 * 28, **overrides) -> Path:
+                         min_pixels: int = 16 * 28 * 28, perturb: float = 0.1, **overrides) -> Path:
     """Build and save a random-init Qwen2.5-VL checkpoint. `overrides` go into the text config.
 
-    A large `initializer_range` separates random logits, so greedy tokens do not tie (FACTS.md).
+    A large `initializer_range` separates random logits, so greedy tokens do not tie (FACTS.md). transformers
+    initialises biases to 0 and norm weights to 1, so an export that dropped a bias or a norm scale would still
+    match the reference; `perturb` draws them at random too (bias ~ N(0, perturb), norm ~ 1 + N(0, perturb)).
     """
     try:
         import torch
@@ -121,6 +123,13 @@ def make_tiny_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 
                               vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    if perturb:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(".bias"):
+                    p.normal_(0.0, perturb)
+                elif "norm" in name and name.endswith(".weight"):
+                    p.normal_(1.0, perturb)
     model.save_pretrained(out, safe_serialization=True)
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     hf_tok.save_pretrained(out)

@@ -1,0 +1,270 @@
+"""The onnxruntime backend: runs an engine directory's graphs for the session loop, torch-free.
+
+The KV cache is one buffer per layer and kind, allocated once per session at its full capacity; the decoder
+graph's GroupQueryAttention reads and writes it in place through I/O binding (past and present bound to the
+same memory), so a crop turn appends to the cache instead of copying it. All views of a turn are encoded in
+one batched vision call. Execution providers: cpu, cuda, tensorrt (vision only; the decoder stays on CUDA).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from edge_awares.errors import EngineError, ProviderUnavailableError
+from edge_awares.manifest import Manifest, load_manifest
+from edge_awares.views import View
+
+from .vision_layout import vision_layout
+
+PROVIDERS = ("cpu", "cuda", "tensorrt")
+_ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+def _import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        from edge_awares.errors import BackendUnavailableError
+
+        raise BackendUnavailableError("the ONNX runtime backend needs onnxruntime: pip install onnxruntime "
+                                      "(or onnxruntime-gpu for cuda/tensorrt)") from None
+    return ort
+
+
+def check_provider(provider: str) -> None:
+    """Raise ConfigError for an unknown provider name, ProviderUnavailableError if this build lacks it."""
+    if provider not in PROVIDERS:
+        from edge_awares.errors import ConfigError
+
+        raise ConfigError(f"unknown provider {provider!r}; legal: {', '.join(PROVIDERS)}")
+    ort = _import_ort()
+    available = ort.get_available_providers()
+    needed = [_ORT_NAMES[provider]] + (["CUDAExecutionProvider"] if provider == "tensorrt" else [])
+    missing = [n for n in needed if n not in available]
+    if missing:
+        raise ProviderUnavailableError(
+            f"provider {provider!r} needs {', '.join(missing)}, which this onnxruntime build lacks (available: "
+            f"{', '.join(available)}); install onnxruntime-gpu on a machine with CUDA"
+            + (" and TensorRT libraries" if provider == "tensorrt" else ""))
+
+
+def tensorrt_options(manifest: Manifest | dict, cache_dir: str | Path, fp16: bool = True,
+                     max_views: int = 4) -> dict:
+    """TensorRT execution-provider options for the vision graph, built from the manifest.
+
+    Dynamic-shape profiles span one view at the geometry's smallest size up to `max_views` views at its
+    largest, so a plan built once covers every view size; plans are cached in `cache_dir`. INT8 comes from
+    the graph's Q/DQ nodes (TensorRT 11 has no implicit calibration), so it is enabled only for a QDQ graph.
+    """
+    from edge_awares.protocols import protocol_from_dict
+    from edge_awares.views import Geometry
+
+    data = manifest.data if isinstance(manifest, Manifest) else manifest
+    # The protocol's own view geometry (e.g. awares caps every view at 2048 tokens, ergo at 640).
+    g = protocol_from_dict(data["protocol"]).geometry(Geometry.from_dict(data["geometry"]))
+    vis = data["graphs"]["vision"]
+    per_patch = g.patch_size ** 2
+    unit = g.merge_size ** 2
+    lo = max(unit, g.min_pixels // per_patch // unit * unit)
+    hi = max(lo, g.max_pixels // per_patch // unit * unit)
+    opt = min(hi, max(lo, (lo + hi) // 4 // unit * unit))
+    window = int(data["model"]["vision"]["window_patches"])
+    feat = int(data["model"]["vision"]["in_features"])
+
+    def shapes(n: int, views: int, smallest: bool = False) -> str:
+        # Edge windows are partial: a view has at most n / window + (rows + cols) windows; a tiny view's
+        # windows and image segments can be as short as one merge unit.
+        windows = 1 if smallest else -(-n // window) + views * 2 * int(np.sqrt(n // unit) + 1)
+        wlen, ilen = (unit, unit) if smallest else (window, n)
+        return ",".join([
+            f"pixel_values:{n}x{feat}", f"rotary_pos:{n}x2", f"window_index:{windows}x{wlen}",
+            f"window_back:{n}", f"image_index:{views}x{ilen}", f"image_back:{n}", f"merge_order:{n // unit}",
+        ])
+
+    opts = {
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(cache_dir),
+        "trt_timing_cache_enable": "True",
+        "trt_fp16_enable": "True" if fp16 else "False",
+        "trt_int8_enable": "True" if vis.get("quantization") == "qdq-int8" else "False",
+        "trt_profile_min_shapes": shapes(unit, 1, smallest=True),
+        "trt_profile_opt_shapes": shapes(opt, 1),
+        "trt_profile_max_shapes": shapes(hi * max_views, max_views),
+    }
+    return opts
+
+
+def _providers(provider: str, graph: str, manifest: Manifest, cache_dir: Path | None) -> list:
+    if provider == "cpu":
+        return ["CPUExecutionProvider"]
+    cuda = ("CUDAExecutionProvider", {"device_id": "0"})
+    if provider == "tensorrt" and graph == "vision":
+        trt_dir = cache_dir or _trt_cache_dir(manifest)
+        return [("TensorrtExecutionProvider", tensorrt_options(manifest, trt_dir)), cuda, "CPUExecutionProvider"]
+    return [cuda, "CPUExecutionProvider"]
+
+
+def _trt_cache_dir(manifest: Manifest) -> Path:
+    """Plans are per device and per graph: cached outside the (possibly read-only) engine directory, keyed
+    by the vision graph's sha256."""
+    root = Path(os.environ.get("EDGE_AWARES_CACHE", Path.home() / ".cache" / "edge-awares"))
+    key = manifest.data["files"][manifest.graph("vision")["file"]]["sha256"][:16]
+    return root / "tensorrt" / key
+
+
+class OnnxCache:
+    """Per-layer key/value buffers [1, kv_heads, capacity, head_dim], allocated once; `length` tokens valid.
+
+    Rewinding only moves the length: GroupQueryAttention reads `seqlens_k`, never past it, and overwrites
+    what lies beyond when the cache grows again.
+    """
+
+    def __init__(self, backend: "OnnxBackend", capacity: int):
+        ort = backend.ort
+        m = backend.manifest.model
+        shape = (1, m["num_kv_heads"], capacity, m["head_dim"])
+        dtype = np.float16 if backend.kv_dtype == "float16" else np.float32
+        device = "cuda" if backend.provider != "cpu" else "cpu"
+        # Zero-filled (calloc: pages become resident only as the cache fills). On CPU the OrtValue wraps
+        # the numpy memory itself, so the arrays are kept alive here; on CUDA they are copied to the device.
+        self._host = [np.zeros(shape, dtype) for _ in backend.past_names]
+        self.buffers = [ort.OrtValue.ortvalue_from_numpy(a, device, 0) for a in self._host]
+        self._capacity = capacity
+        self._length = 0
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def rewind(self, n: int) -> None:
+        if not 0 <= n <= self._length:
+            raise ValueError(f"cannot rewind a cache of {self._length} tokens to {n}")
+        self._length = n
+
+    def advance(self, n: int) -> None:
+        self._length += n
+
+
+class OnnxBackend:
+    """Backend over an engine directory (see edge_awares/backend.py for the interface)."""
+
+    name = "onnx"
+
+    def __init__(self, engine: str | Path | Manifest, provider: str = "cpu", threads: int | None = None,
+                 check_files: bool = True, trt_cache_dir: str | Path | None = None, profile_dir: str | None = None):
+        self.ort = ort = _import_ort()
+        check_provider(provider)
+        self.manifest = engine if isinstance(engine, Manifest) else load_manifest(engine, check_files=check_files)
+        self.provider = provider
+        threads = threads or engine_threads()
+        m = self.manifest.model
+        self.hidden_size, self.vocab_size = m["hidden_size"], m["vocab_size"]
+        dec = self.manifest.graph("decoder")
+        self.past_names, self.present_names = dec["kv"]["past"], dec["kv"]["present"]
+        self.kv_dtype = dec["kv"]["dtype"]
+        vis = self.manifest.model["vision"]
+        self._merge, self._window, self._patch = vis["merge_size"], vis["window_size"], vis["patch_size"]
+
+        def session(graph: str):
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if threads:
+                so.intra_op_num_threads = threads
+            if profile_dir:
+                so.enable_profiling = True
+                so.profile_file_prefix = str(Path(profile_dir) / f"ort_{graph}")
+            path = self.manifest.path(graph)
+            try:
+                return ort.InferenceSession(str(path), so, providers=_providers(
+                    provider, graph, self.manifest, Path(trt_cache_dir) if trt_cache_dir else None))
+            except Exception as e:  # onnxruntime raises its own untyped exceptions
+                raise EngineError(f"{path}: onnxruntime cannot load the {graph} graph ({e})") from None
+
+        self.vision = session("vision")
+        self.decoder = session("decoder")
+        self._vision_dtype = np.float16 if self.vision.get_inputs()[0].type == "tensor(float16)" else np.float32
+        emb = self.manifest.graph("embeddings")
+        # Memory-mapped: only the rows of tokens actually used are ever read.
+        self._table = np.load(self.manifest.path("embeddings"), mmap_mode="r")
+        if list(self._table.shape) != [self.vocab_size, self.hidden_size]:
+            raise EngineError(f"{self.manifest.root}: embeddings are {self._table.shape}, expected "
+                              f"[{self.vocab_size}, {self.hidden_size}] ({emb['file']})")
+        self._embeds_dtype = np.float16 if dec.get("embeds_dtype") == "float16" else np.float32
+
+    # -- Backend interface -------------------------------------------------------------------------
+    def encode_images(self, views: list[View]) -> list[np.ndarray]:
+        if not views:
+            return []
+        layout = vision_layout([v.grid_thw for v in views], self._merge, self._window, self._patch)
+        pixels = np.concatenate([v.pixel_values() for v in views], axis=0).astype(self._vision_dtype, copy=False)
+        out = self.vision.run(None, layout.inputs(pixels))[0].astype(np.float32, copy=False)
+        return np.split(out, np.cumsum(layout.tokens)[:-1])
+
+    def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(self._table[np.asarray(ids, dtype=np.int64)], dtype=np.float32)
+
+    def new_cache(self, capacity: int) -> OnnxCache:
+        return OnnxCache(self, capacity)
+
+    def forward(self, embeds: np.ndarray, positions: np.ndarray, cache: OnnxCache) -> np.ndarray:
+        n = embeds.shape[0]
+        total = cache.length + n
+        if total > cache.capacity:
+            raise EngineError(f"KV cache overflow: {total} tokens exceed its capacity of {cache.capacity}")
+        io = self.decoder.io_binding()
+        io.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds[None], dtype=self._embeds_dtype))
+        io.bind_cpu_input("position_ids", np.ascontiguousarray(positions, dtype=np.int64).reshape(3, 1, n))
+        io.bind_cpu_input("seqlens_k", np.array([total - 1], dtype=np.int32))
+        io.bind_cpu_input("total_sequence_length", np.array(total, dtype=np.int32))
+        io.bind_output("logits", "cpu")
+        for past, present, buf in zip(self.past_names, self.present_names, cache.buffers):
+            io.bind_ortvalue_input(past, buf)
+            io.bind_ortvalue_output(present, buf)  # the same memory: written in place
+        self.decoder.run_with_iobinding(io)
+        cache.advance(n)
+        return io.get_outputs()[0].numpy()[0].astype(np.float32, copy=False)
+
+
+def open_engine_session(engine: str | Path, protocol: str | None = None, config=None, provider: str = "cpu",
+                        check_files: bool = True, **backend_options):
+    """A Session over an engine directory: its backend, tokenizer, protocol, crop set and geometry.
+
+    `protocol` None uses the engine's own (with its options); another name overrides it (a warning says so,
+    since a policy answers reliably only in the protocol it was trained with). `config` None takes the
+    manifest's generation defaults. Raises EngineError subclasses, ProviderUnavailableError, ProtocolError.
+    """
+    from edge_awares.protocols import get_protocol
+    from edge_awares.session import Session, SessionConfig
+    from edge_awares.tokenizer import TextTokenizer
+
+    check_provider(provider)  # before hashing a large engine
+    manifest = load_manifest(engine, check_files=check_files)
+    own = manifest.protocol()
+    if protocol is None or protocol == own.name:
+        proto = own
+    else:
+        warnings.warn(f"engine {manifest.root} was exported for protocol {own.name!r}; running it with "
+                      f"{protocol!r} as asked", stacklevel=2)
+        proto = get_protocol(protocol)
+    if config is None:
+        gen = manifest.data["generation"]
+        config = SessionConfig(max_new_tokens=int(gen.get("max_new_tokens", 64)),
+                               max_crop_turns=int(gen.get("max_crop_turns", 1)),
+                               max_context=int(gen.get("max_context", 4096)))
+    backend = OnnxBackend(manifest, provider=provider, **backend_options)
+    tok = TextTokenizer.from_file(manifest.root / manifest.data["tokenizer"])
+    return Session(backend, tok, proto, manifest.crop_set(), manifest.geometry(), config)
+
+
+def engine_threads() -> int | None:
+    """Intra-op threads from EDGE_AWARES_THREADS (unset: onnxruntime's default, one per physical core)."""
+    v = os.environ.get("EDGE_AWARES_THREADS")
+    return int(v) if v else None

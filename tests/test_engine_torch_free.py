@@ -1,0 +1,47 @@
+"""The engine runtime runs the whole crop loop with torch, transformers and the `onnx` package unimportable:
+import, load, both turns, `ask --engine` and `profile`, in a fresh interpreter with an import blocker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from conftest import make_doc
+
+from _engine_fixtures import *  # noqa: F401,F403  (fixtures)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "transformers", "onnx", "onnxscript", "onnx_ir", "safetensors"):
+                raise ImportError("blocked: " + name)
+    sys.meta_path.insert(0, Block())
+    import edge_awares.runtimes.onnx as rt
+    from edge_awares.images import load_image
+    engine, image = sys.argv[1], sys.argv[2]
+    s = rt.open_engine_session(engine)
+    r = s.run(load_image(image), "What is the total?", crops="0,4", max_new_tokens=4)
+    assert [t.kind for t in r.turns] == ["prompt", "crop"], r.turns
+    from edge_awares.cli import main
+    assert main(["ask", image, "q", "--engine", engine, "--crops", "all", "--max-new-tokens", "3", "--json"]) == 0
+    assert main(["profile", image, "q", "--engine", engine, "--runs", "1", "--warmup", "0", "--max-new-tokens",
+                 "3", "--json"]) == 0
+    leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "onnx"))
+    print(json.dumps({"leaked": leaked, "ids": [int(i) for i in r.ids]}))
+""")
+
+
+def test_engine_runtime_is_torch_free(tiny_engine, tmp_path):
+    img = tmp_path / "d.png"
+    make_doc(500, 400).save(img)
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_engine), str(img)], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert last["leaked"] == [] and len(last["ids"]) > 0
