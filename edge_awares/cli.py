@@ -27,7 +27,8 @@ def cli():
 @click.argument("question")
 @click.option("--model", "model", type=click.Path(), help="Hugging Face checkpoint folder (torch reference backend).")
 @click.option("--engine", "engine", type=click.Path(), help="Engine directory (torch-free runtime).")
-@click.option("--protocol", type=click.Choice(sorted(PROTOCOLS)), default=DEFAULT_PROTOCOL, show_default=True)
+@click.option("--protocol", type=click.Choice(sorted(PROTOCOLS)), default=None,
+              help=f"Default: the engine's own protocol; {DEFAULT_PROTOCOL} for --model.")
 @click.option("--crops", default="model", show_default=True,
               help="Crop policy: model, none (low-res only), all, or crop ids such as 0,4.")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
@@ -53,7 +54,7 @@ def ask(image, question, model, engine, protocol, crops, max_new_tokens, max_cro
     result = run_ask(cfg)
     total_ms = (time.perf_counter() - t0) * 1e3
     out = result.to_dict()
-    out.update(protocol=protocol, model=model, engine=engine, total_ms=total_ms, random_weights=noise)
+    out.update(model=model, engine=engine, total_ms=total_ms, random_weights=noise)
     if as_json:
         click.echo(json.dumps(out))
     else:

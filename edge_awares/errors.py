@@ -59,3 +59,8 @@ class ExportError(EdgeAwaresError):
 
 class ProviderUnavailableError(BackendUnavailableError):
     """An execution provider (cuda, tensorrt) is not available in the installed onnxruntime build."""
+
+
+class TrainError(EdgeAwaresError):
+    """A training run cannot start or continue: data that does not fit the model's protocol or crop set, a setting
+    TRL cannot honour (e.g. a completion budget that would drop crop results), or a run folder in an unusable state."""

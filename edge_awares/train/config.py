@@ -1,0 +1,245 @@
+"""Run configurations for `train sft` and `train grpo`: frozen dataclasses, validated before any heavy work,
+saved as JSON next to the run's outputs (STYLE.md §5). Recipes (configs/*.yaml) hold the same keys.
+
+Every paper constant is a field here, not code: request weight 5, LoRA rank 8, lr 1e-4, 2 epochs (SFT);
+G = 8, beta = 0.05, temperature 1.0, alpha_miss 2, alpha_use 0.25, lambda 0.01 (GRPO).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from ..crops import AWARES_CROPS, get_crop_set
+from ..errors import ConfigError, CropError
+from ..protocols import DEFAULT_PROTOCOL, PROTOCOLS
+
+# The language model's attention and MLP projections only. peft has no Qwen2.5-VL defaults, and a bare name such
+# as `gate_proj` also matches the vision tower's MLP (model.visual.blocks.N.mlp.gate_proj): a regex, which peft
+# full-matches against module names, pins the adapters to the language model.
+LANGUAGE_LORA_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+PRECISIONS = ("auto", "bf16", "fp32")
+EVAL_METRICS = ("anls", "exact", "relaxed", "embedding")
+AREA_UNITS = ("percent", "fraction")
+GRPO_LOSSES = ("grpo", "dapo", "dr_grpo", "bnpo")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings shared by SFT and GRPO runs."""
+
+    kind = "run"
+    model: str  # Hugging Face Qwen2.5-VL folder (base for SFT, the SFT output for GRPO)
+    data: str  # JSONL (trajectories for SFT; samples or trajectories for GRPO) or a folder holding one
+    output: str  # the merged checkpoint folder; logs and checkpoints go to OUTPUT/run/
+    protocol: str = DEFAULT_PROTOCOL
+    crop_set: str = AWARES_CROPS.name
+    val_data: str | None = None  # held-out JSONL; else `val_fraction` of `data` is held out
+    val_fraction: float = 0.1
+    val_samples: int = 32  # at most this many validation samples per evaluation (through Session, greedy)
+    eval_metric: str = "anls"
+    eval_steps: int = 0  # evaluate every N optimizer steps (0: at the end only)
+    eval_max_new_tokens: int = 32
+    lora: bool = True
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: str = LANGUAGE_LORA_TARGETS
+    epochs: float = 2.0
+    max_steps: int = -1  # > 0 overrides epochs
+    lr: float = 1e-4
+    batch_size: int = 1
+    grad_accum: int = 1
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    precision: str = "auto"  # auto: bf16 on a CUDA GPU that supports it, fp32 on CPU
+    gradient_checkpointing: bool = False
+    logging_steps: int = 1
+    save_strategy: str = "epoch"  # resumable checkpoints: every epoch, every `save_steps` steps, or "no"
+    save_steps: int = 500
+    save_total_limit: int = 2
+    resume: bool = False  # continue from the newest checkpoint under OUTPUT/run/checkpoints
+    overwrite: bool = False  # replace an existing OUTPUT (without --resume)
+    max_context: int = 8192  # KV capacity of validation sessions
+
+    def validate(self):
+        """Return self, or raise ConfigError naming the bad value and the legal ones."""
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"unknown protocol {self.protocol!r}; legal: {', '.join(PROTOCOLS)}")
+        try:
+            get_crop_set(self.crop_set)
+        except CropError as e:
+            raise ConfigError(str(e)) from None
+        for name in ("model", "data"):
+            if not Path(getattr(self, name)).exists():
+                raise ConfigError(f"--{name} {getattr(self, name)} does not exist")
+        if self.val_data is not None and not Path(self.val_data).exists():
+            raise ConfigError(f"--val-data {self.val_data} does not exist")
+        checks = [
+            ("val_fraction", 0.0 <= self.val_fraction < 1.0, "0 <= x < 1"),
+            ("val_samples", self.val_samples >= 0, ">= 0"),
+            ("eval_steps", self.eval_steps >= 0, ">= 0"),
+            ("eval_max_new_tokens", self.eval_max_new_tokens >= 1, ">= 1"),
+            ("lora_rank", self.lora_rank >= 1, ">= 1"),
+            ("lora_alpha", self.lora_alpha >= 1, ">= 1"),
+            ("lora_dropout", 0.0 <= self.lora_dropout < 1.0, "0 <= x < 1"),
+            ("epochs", self.epochs > 0, "> 0"),
+            ("max_steps", self.max_steps == -1 or self.max_steps > 0, "-1 or > 0"),
+            ("lr", self.lr > 0, "> 0"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("grad_accum", self.grad_accum >= 1, ">= 1"),
+            ("warmup_ratio", 0.0 <= self.warmup_ratio < 1.0, "0 <= x < 1"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("logging_steps", self.logging_steps >= 1, ">= 1"),
+            ("save_steps", self.save_steps >= 1, ">= 1"),
+            ("save_total_limit", self.save_total_limit >= 1, ">= 1"),
+            ("max_context", self.max_context >= 256, ">= 256"),
+        ]
+        for name, ok, legal in checks:
+            if not ok:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is out of range; legal: {legal}")
+        if self.save_strategy not in ("epoch", "steps", "no"):
+            raise ConfigError(f"unknown save_strategy {self.save_strategy!r}; legal: epoch, steps, no")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; legal: {', '.join(PRECISIONS)}")
+        if self.eval_metric not in EVAL_METRICS:
+            raise ConfigError(f"unknown eval metric {self.eval_metric!r}; legal: {', '.join(EVAL_METRICS)}")
+        if self.lora:
+            import re
+
+            try:
+                re.compile(self.lora_targets)
+            except re.error as e:
+                raise ConfigError(f"--lora-targets is not a valid regex ({e})") from None
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output) / "run"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **asdict(self)}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """Build from a dict (a recipe or a saved config); unknown keys raise ConfigError listing the legal ones."""
+        d = {k.replace("-", "_"): v for k, v in d.items() if k != "kind"}
+        legal = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - legal)
+        if unknown:
+            raise ConfigError(f"unknown {cls.kind} settings {unknown}; legal: {', '.join(sorted(legal))}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class SFTRunConfig(RunConfig):
+    """Cold-start SFT on whole trajectories (DESIGN.md §1 Training b)."""
+
+    kind = "sft"
+    request_weight: float = 5.0  # loss weight of the crop-request turn's tokens (answers: 1)
+    max_length: int | None = None  # tokens per conversation; longer ones raise (None: no limit)
+
+    def validate(self):
+        super().validate()
+        if self.request_weight <= 0:
+            raise ConfigError(f"request_weight={self.request_weight} must be > 0")
+        if self.max_length is not None and self.max_length < 64:
+            raise ConfigError(f"max_length={self.max_length} must be >= 64 or unset")
+        return self
+
+
+@dataclass(frozen=True)
+class GRPORunConfig(RunConfig):
+    """Multi-turn GRPO over crop rollouts (DESIGN.md §1 Training c). TRL's own defaults differ (loss 'dapo',
+    beta 0, lr 1e-6); these are the paper's, set explicitly. The per-device batch is G * prompts_per_step
+    completions (`batch_size` is not used)."""
+
+    kind = "grpo"
+    lr: float = 1e-5
+    epochs: float = 1.0
+    num_generations: int = 8  # G
+    prompts_per_step: int = 1  # prompts per device step; TRL's per-device batch = G * prompts_per_step
+    beta: float = 0.05
+    temperature: float = 1.0
+    top_p: float = 1.0
+    epsilon: float = 0.2
+    loss_type: str = "grpo"
+    scale_rewards: str = "group"
+    max_completion_length: int | None = None  # None: the largest data budget (request + whole image + answer)
+    max_answer_tokens: int = 32  # answer budget inside the automatic max_completion_length
+    max_crop_turns: int = 1  # TRL's max_tool_calling_iterations
+    answer_metric: str = "embedding"  # R_ans: embedding (cosine), anls, exact or relaxed
+    alpha_miss: float = 2.0  # C_tool for an HR sample answered without a request
+    alpha_use: float = 0.25  # C_tool for any request ...
+    area_lambda: float = 0.01  # ... plus lambda * requested area
+    area_unit: str = "percent"  # requested area: percent (0-100) or fraction (0-1) of the image, summed over crops
+
+    def validate(self):
+        super().validate()
+        if self.protocol != "tool_call":
+            raise ConfigError(f"GRPO runs through TRL's tool-calling loop, which parses only the tool_call protocol "
+                              f"(<tool_call>{{json}}</tool_call>); got --protocol {self.protocol}")
+        checks = [
+            ("num_generations", self.num_generations >= 2, ">= 2 (advantages are relative within a group)"),
+            ("prompts_per_step", self.prompts_per_step >= 1, ">= 1"),
+            ("beta", self.beta >= 0, ">= 0"),
+            ("temperature", self.temperature > 0, "> 0"),
+            ("top_p", 0 < self.top_p <= 1, "0 < x <= 1"),
+            ("epsilon", self.epsilon > 0, "> 0"),
+            ("max_answer_tokens", self.max_answer_tokens >= 1, ">= 1"),
+            ("max_crop_turns", self.max_crop_turns >= 1, ">= 1"),
+            ("alpha_miss", self.alpha_miss >= 0, ">= 0"),
+            ("alpha_use", self.alpha_use >= 0, ">= 0"),
+            ("area_lambda", self.area_lambda >= 0, ">= 0"),
+        ]
+        for name, ok, legal in checks:
+            if not ok:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is out of range; legal: {legal}")
+        if self.max_completion_length is not None and self.max_completion_length < 16:
+            raise ConfigError(f"max_completion_length={self.max_completion_length} must be >= 16 or unset")
+        if self.loss_type not in GRPO_LOSSES:
+            raise ConfigError(f"unknown loss_type {self.loss_type!r}; legal: {', '.join(GRPO_LOSSES)}")
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ConfigError(f"unknown scale_rewards {self.scale_rewards!r}; legal: group, batch, none")
+        if self.answer_metric not in EVAL_METRICS:
+            raise ConfigError(f"unknown answer metric {self.answer_metric!r}; legal: {', '.join(EVAL_METRICS)}")
+        if self.area_unit not in AREA_UNITS:
+            raise ConfigError(f"unknown area unit {self.area_unit!r}; legal: {', '.join(AREA_UNITS)}")
+        return self
+
+    def reward_config(self):
+        from .rewards import RewardConfig
+
+        return RewardConfig(answer_metric=self.answer_metric, alpha_miss=self.alpha_miss, alpha_use=self.alpha_use,
+                            area_lambda=self.area_lambda, area_unit=self.area_unit)
+
+
+def load_recipe(path: str | Path) -> dict:
+    """A recipe file (YAML or JSON) as a dict of config keys. Raises ConfigError for a missing or bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as e:  # yaml and json raise different error types; both mean "unreadable recipe"
+        raise ConfigError(f"--config {path}: unreadable ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of settings")
+    return data
+
+
+__all__ = ["RunConfig", "SFTRunConfig", "GRPORunConfig", "LANGUAGE_LORA_TARGETS", "load_recipe"]

@@ -1,0 +1,352 @@
+"""Multi-turn GRPO for crop policies on TRL's GRPOTrainer: rollouts run TRL's tool-calling loop with an
+`environment_factory` whose crop tool cuts crops with the runtime's geometry and returns them as the runtime's
+tool turn (images), so rollouts see the prompts and crops a Session would. Reward R = R_ans − C_tool (rewards.py).
+
+    edge-awares train grpo --model SFT_CKPT --data DIR -o OUT
+    python: train_grpo(GRPORunConfig(model="SFT_CKPT", data="DIR", output="OUT"))
+
+TRL does the rest: tool-result tokens are masked out of the loss (only sampled tokens train), tool images reach
+the training forward pass, the turn cap is `max_tool_calling_iterations`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import warnings
+from pathlib import Path
+from typing import Literal
+
+from ..chat import encode, generation_prompt, message_pieces
+from ..crops import ALL, CropSet, get_crop_set
+from ..data.format import iter_jsonl, read_samples, read_trajectories
+from ..errors import BackendUnavailableError, DataError, TrainError
+from ..images import load_image
+from ..models import read_checkpoint
+from ..protocols import Parsed, Protocol, get_protocol
+from ..protocols.tool_call import TOOL_NAME
+from ..views import Geometry, View, crop_views, native_view
+from .config import GRPORunConfig
+from .evaluate import EvalItem
+from .render import to_trl
+from .rewards import RewardConfig, answer_scores, requested_area, tool_cost
+
+try:
+    import torch  # noqa: F401
+except ImportError:
+    raise BackendUnavailableError("training needs torch, transformers and TRL: pip install 'edge-awares[train]'")
+
+
+# ----------------------------------------------------------------------------------------------- environment
+def make_environment(protocol: Protocol, crop_set: CropSet, geometry: Geometry) -> type:
+    """The environment class TRL's `environment_factory` instantiates, one instance per concurrent rollout.
+
+    `reset(**row)` loads the row's original image and returns the runtime's user turn (low-res view + question);
+    the `crop` tool parses the call with the runtime's parser, cuts the crops with the runtime's geometry and returns
+    the runtime's crop turn. The instance keeps what the rollout fetched, for the reward and the metrics.
+    """
+    tools = protocol.tools(crop_set)
+    if not tools:
+        raise TrainError(f"protocol {protocol.name!r} has no tool for TRL's tool-calling loop; use tool_call")
+    fn = tools[0]["function"]
+
+    class CropEnvironment:
+        """One rollout's state: the original image, its first view, and the crops fetched."""
+
+        def __init__(self):
+            self._clear()
+
+        def _clear(self):
+            self.image, self.first, self.question = None, None, ""
+            self.native_tokens, self.calls, self.parse_failures = 0, 0, 0
+            self.fetched: list[View] = []
+
+        def reset(self, **row) -> list[dict]:
+            self._clear()
+            self.image = load_image(row["image_path"])
+            self.question = row["question"]
+            self.first = protocol.first_view(self.image, geometry)
+            self.native_tokens = native_view(self.image, geometry).n_tokens
+            return to_trl(protocol.user_turn(self.first, self.question), images=True)["content"]
+
+        @property
+        def visual_tokens(self) -> int:
+            return (self.first.n_tokens if self.first else 0) + sum(v.n_tokens for v in self.fetched)
+
+    def crop(self, **arguments) -> list:
+        # The call goes back through the protocol's own parser, so names, stray keys and bad ids are handled (and
+        # fall back) exactly as the runtime handles them.
+        text = "<tool_call>\n" + json.dumps({"name": TOOL_NAME, "arguments": arguments}) + "\n</tool_call>"
+        parsed = protocol.parse(text, crop_set)
+        if not parsed.is_request:
+            parsed = Parsed("invalid", text, crop_ids=list(protocol.fallback_crops))
+        self.parse_failures += int(parsed.kind == "invalid")
+        views = protocol.crop_views(parsed, self.image, crop_set, geometry, self.first)
+        self.calls += 1
+        self.fetched += views
+        return to_trl(protocol.crop_turn(views, self.question), images=True)["content"]
+
+    # TRL renders an environment method's schema from its signature and docstring (transformers' get_json_schema);
+    # both are set so that schema is the protocol's own crop_tool_schema, token for token (tested), while the
+    # function itself accepts whatever keys the model wrote and lets the parser judge them.
+    region_type = list[Literal[tuple(crop_set.ids)]]
+    crop.__name__ = crop.__qualname__ = TOOL_NAME
+    crop.__doc__ = f"{fn['description']}\n\nArgs:\n    regions: {fn['parameters']['properties']['regions']['description']}"
+    crop.__annotations__ = {"regions": region_type}
+    crop.__signature__ = inspect.Signature([
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("regions", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=region_type),
+    ])
+    setattr(CropEnvironment, TOOL_NAME, crop)
+    return CropEnvironment
+
+
+# ----------------------------------------------------------------------------------------------- rewards for TRL
+def final_answer(completion: list[dict], protocol: Protocol) -> str:
+    """The answer of a TRL completion (its messages): the last assistant message, unless it is a tool call."""
+    if not completion:
+        return ""
+    last = completion[-1]
+    if last.get("role") != "assistant" or last.get("tool_calls"):
+        return ""
+    content = last.get("content") or ""
+    if isinstance(content, list):
+        content = "".join(c.get("text") or "" for c in content if isinstance(c, dict))
+    return protocol.answer_text(content)
+
+
+def rollout_stats(completion: list[dict], env) -> dict:
+    """What one rollout did: requested (a tool call, served or not, or a malformed <tool_call>), served (a tool
+    turn followed), dropped (TRL discarded the tool result for overflowing max_completion_length)."""
+    first = completion[0] if completion else {}
+    text = first.get("content") if isinstance(first.get("content"), str) else ""
+    served = any(m.get("role") == "tool" for m in completion)
+    calls = getattr(env, "calls", 0)
+    return {
+        "requested": bool(calls or first.get("tool_calls") or "<tool_call>" in (text or "")),
+        "served": served,
+        "dropped": bool(calls) and not served,
+        "malformed": not first.get("tool_calls") and "<tool_call>" in (text or ""),
+    }
+
+
+def make_reward_funcs(cfg: RewardConfig, protocol: Protocol):
+    """[answer, tool_cost] reward functions in TRL's signature; TRL sums them (weights 1, 1) into R = R_ans − C_tool
+    and logs each under rewards/<name>. The tool-cost function also logs the rollout metrics."""
+    from ..data.metrics import get_metric
+
+    metric = get_metric(cfg.answer_metric)
+    warned = {"dropped": False}
+
+    def answer(prompts, completions, answers=None, **kw):
+        preds = [final_answer(c, protocol) for c in completions]
+        return answer_scores(preds, answers or [[] for _ in preds], metric)
+
+    def tool_cost_reward(prompts, completions, environments=None, hr=None, log_metric=None, **kw):
+        environments = environments or [None] * len(completions)
+        hr = hr or [None] * len(completions)
+        out, stats, rtrs, crops = [], [], [], {}
+        for completion, env, label in zip(completions, environments, hr):
+            s = rollout_stats(completion, env)
+            boxes = [v.box for v in getattr(env, "fetched", [])] if s["served"] else []
+            area = requested_area(boxes, env.image.width, env.image.height, cfg.area_unit) if boxes else 0.0
+            out.append(-tool_cost(label, s["requested"], area, cfg))
+            stats.append(s)
+            if env is not None and env.native_tokens:
+                served_tokens = env.visual_tokens if s["served"] else env.first.n_tokens
+                rtrs.append(served_tokens / env.native_tokens)
+                for v in (env.fetched if s["served"] else []):
+                    key = v.crop_id if v.crop_id is not None else "box"
+                    crops[key] = crops.get(key, 0) + 1
+        n = max(1, len(stats))
+        dropped = sum(s["dropped"] for s in stats)
+        if dropped and not warned["dropped"]:
+            warned["dropped"] = True
+            warnings.warn(f"{dropped} of {n} rollouts had their crop results dropped by TRL for exceeding "
+                          "max_completion_length (crop image tokens count against it); raise it", stacklevel=2)
+        if log_metric is not None:
+            log_metric("rollout/request_rate", sum(s["requested"] for s in stats) / n)
+            log_metric("rollout/dropped_tool_results", dropped / n)
+            log_metric("rollout/malformed_requests", sum(s["malformed"] for s in stats) / n)
+            log_metric("rollout/parse_failures", sum(getattr(e, "parse_failures", 0) for e in environments) / n)
+            if rtrs:
+                log_metric("rollout/rtr", sum(rtrs) / len(rtrs))
+            for cid, k in sorted(crops.items()):
+                log_metric(f"rollout/crops/{cid}", k / n)
+        return out
+
+    tool_cost_reward.__name__ = "tool_cost"
+    return [answer, tool_cost_reward]
+
+
+# ----------------------------------------------------------------------------------------------- data
+def load_items(path: str | Path) -> list[EvalItem]:
+    """GRPO prompts from samples (HR = needs_detail) or trajectories (HR = label), a JSONL file or a folder
+    holding samples.jsonl or trajectories.jsonl. Raises DataError."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("samples.jsonl", "trajectories.jsonl"):
+            if (p / name).is_file():
+                p = p / name
+                break
+        else:
+            raise DataError(f"{path}: no samples.jsonl or trajectories.jsonl inside")
+    first = next((obj for _, obj in iter_jsonl(p)), None)
+    if first is None:
+        raise DataError(f"{p}: empty")
+    if isinstance(first, dict) and "label" in first and "messages" in first:
+        return [EvalItem(t.id, str(t.image), t.question, tuple(t.answers), t.label == "HR")
+                for t in read_trajectories(p)]
+    return [EvalItem(s.id, str(s.image), s.question, tuple(s.answers), s.needs_detail) for s in read_samples(p)]
+
+
+def completion_budget(item: EvalItem, protocol: Protocol, crop_set: CropSet, geometry: Geometry, tok,
+                      answer_tokens: int) -> int:
+    """Completion tokens a rollout needs when it requests the whole image (`all`): the request, the tool turn with
+    the native-size crop, and an answer of `answer_tokens`. TRL counts image tokens in max_completion_length and
+    silently drops a tool result that does not fit. Depends on the image size only (read from the file header)."""
+    return _budget_for_size(_image_size(item.image), protocol, crop_set, geometry, tok, answer_tokens)
+
+
+def _image_size(path) -> tuple[int, int]:
+    """(width, height) as load_image would return them (EXIF rotation applied), without decoding the pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            rotated = im.getexif().get(0x0112) in (5, 6, 7, 8)  # orientations that swap the sides
+    except OSError:
+        return load_image(path).size  # raises the usual one-line ImageError
+    return (h, w) if rotated else (w, h)
+
+
+@functools.lru_cache(maxsize=256)
+def _budget_for_size(size, protocol, crop_set, geometry, tok, answer_tokens) -> int:
+    from PIL import Image
+
+    image = Image.new("RGB", size)  # geometry depends on the size alone
+    first = protocol.first_view(image, geometry)
+    request = protocol.request_text([ALL], crop_set, first, image)
+    views = crop_views(image, crop_set, [ALL], geometry)
+    turn = ["\n"] + message_pieces(protocol.crop_turn(views, ""), prev_role="assistant")
+    return len(tok.encode(request)) + 1 + len(encode(turn + generation_prompt(), tok)) + answer_tokens + 1
+
+
+def prompt_messages(protocol: Protocol, crop_set: CropSet) -> list[dict]:
+    """The dataset prompt: system prompt and an empty user turn that the environment's reset fills with the
+    runtime's user turn (low-res view, then the question)."""
+    system = protocol.system_prompt(crop_set)
+    return ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": ""}]
+
+
+def build_dataset(items: list[EvalItem], protocol: Protocol, crop_set: CropSet):
+    from datasets import Dataset
+
+    if not items:
+        raise DataError("no GRPO prompts")
+    prompt = prompt_messages(protocol, crop_set)
+    # The original image travels as `image_path`: a column named `image` would make TRL treat it as a prompt image.
+    return Dataset.from_list([{"prompt": prompt, "image_path": it.image, "question": it.question,
+                               "answers": list(it.answers), "hr": it.hr, "id": it.id} for it in items])
+
+
+# ----------------------------------------------------------------------------------------------- run
+def grpo_args(cfg: GRPORunConfig, placement, max_completion_length: int):
+    """TRL's GRPOConfig with the paper's settings made explicit (TRL's defaults differ: loss 'dapo', beta 0)."""
+    from trl import GRPOConfig
+
+    from .checkpoint import checkpointing
+
+    return GRPOConfig(
+        output_dir=str(cfg.run_dir / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.num_generations * cfg.prompts_per_step,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay, num_generations=cfg.num_generations, beta=cfg.beta,
+        temperature=cfg.temperature, top_p=cfg.top_p, epsilon=cfg.epsilon, loss_type=cfg.loss_type,
+        scale_rewards=cfg.scale_rewards, max_completion_length=max_completion_length,
+        max_tool_calling_iterations=cfg.max_crop_turns, reward_weights=[1.0, 1.0],
+        logging_steps=cfg.logging_steps, logging_first_step=True, save_strategy=cfg.save_strategy,
+        save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, seed=cfg.seed, data_seed=cfg.seed,
+        bf16=placement.bf16, use_cpu=placement.use_cpu, **checkpointing(GRPOConfig, cfg.gradient_checkpointing),
+        remove_unused_columns=False, report_to="none", use_vllm=False, log_completions=False,
+        dataloader_num_workers=0, disable_tqdm=False,
+    )
+
+
+def train_grpo(cfg: GRPORunConfig, log=print, callbacks: list | None = None) -> Path:
+    """Run GRPO and write the merged checkpoint to `cfg.output` (logs and checkpoints in `cfg.output/run`).
+
+    Raises ConfigError, DataError, ModelLoadError or TrainError (all one-line CLI errors).
+    """
+    import os
+
+    import transformers
+
+    from ..tokenizer import TextTokenizer
+    from .checkpoint import (load_model, lora_config, lora_targets, make_evaluator, prepare_output,
+                             resolve_placement, save_merged)
+    from .render import make_processor
+    from .runlog import RunLog, check_policy, make_callbacks, write_policy
+    from .sft import split_items
+
+    cfg.validate()
+    resume_from = prepare_output(cfg.output, cfg.resume, cfg.overwrite)
+    placement = resolve_placement(cfg.precision)
+    info = read_checkpoint(cfg.model)
+    protocol, crop_set = get_protocol(cfg.protocol), get_crop_set(cfg.crop_set)
+    check_policy(cfg.model, protocol, crop_set)
+    geometry = protocol.geometry(info.geometry)
+    tok = TextTokenizer.from_file(info.path)
+    items = load_items(cfg.data)
+    if cfg.val_data:
+        train, val = items, load_items(cfg.val_data)
+    else:
+        train, val = split_items(items, cfg.val_fraction, cfg.seed)
+    need = max(completion_budget(it, protocol, crop_set, geometry, tok, cfg.max_answer_tokens) for it in train)
+    max_completion = cfg.max_completion_length or need
+    if max_completion < need:
+        raise TrainError(f"max_completion_length={max_completion} is below the {need} tokens a request for the whole "
+                         "image needs on the largest training image (TRL counts crop image tokens in it and silently "
+                         "drops tool results that overflow); raise it or leave it unset")
+    dataset = build_dataset(train, protocol, crop_set)
+    processor = make_processor(info.path, geometry)
+    processor.tokenizer.padding_side = "left"  # GRPO generates from left-padded prompts
+
+    transformers.set_seed(cfg.seed)
+    model = load_model(cfg.model, placement)
+    peft_config = None
+    if cfg.lora:
+        lora_targets(model, cfg.lora_targets)
+        peft_config = lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    args = grpo_args(cfg, placement, max_completion)
+    runlog = RunLog(cfg.run_dir)
+    runlog.write_config(cfg, {"placement": placement.__dict__, "n_train": len(train), "n_val": len(val),
+                              "max_completion_length": max_completion, "completion_budget_all_crop": need,
+                              "geometry": geometry.to_dict(), "protocol": protocol.to_dict(),
+                              "reward": cfg.reward_config().__dict__, "trl_args": args.to_dict(),
+                              "resume_from": str(resume_from) if resume_from else None})
+    runlog.write_versions()
+    evaluator = make_evaluator(val[: cfg.val_samples], protocol, crop_set, info.geometry, tok, cfg.eval_metric,
+                               cfg.eval_max_new_tokens, cfg.max_context)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is flagged experimental
+    from trl import GRPOTrainer
+
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=make_reward_funcs(cfg.reward_config(), protocol), args=args,
+        train_dataset=dataset, processing_class=processor, peft_config=peft_config,
+        environment_factory=make_environment(protocol, crop_set, geometry),
+        callbacks=make_callbacks(runlog, evaluator, cfg.eval_steps) + list(callbacks or []))
+    log(f"GRPO: {len(train)} prompts ({sum(bool(i.hr) for i in train)} HR), {len(val)} held out; G={cfg.num_generations}"
+        f", beta={cfg.beta}, loss={cfg.loss_type}; max_completion_length={max_completion}; "
+        f"{placement.device} {placement.dtype}")
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    save_merged(trainer.model, cfg.output, cfg.model)
+    write_policy(cfg.output, protocol, crop_set, cfg.model, "grpo")
+    runlog.log({"event": "saved", "step": trainer.state.global_step, "output": str(cfg.output)})
+    return Path(cfg.output)
+
+
+__all__ = ["make_environment", "make_reward_funcs", "final_answer", "rollout_stats", "load_items",
+           "completion_budget", "build_dataset", "prompt_messages", "grpo_args", "train_grpo"]
