@@ -79,7 +79,7 @@ def open_session(model: str | Path | None = None, engine: str | Path | None = No
 
     info = read_checkpoint(model)
     backend = TorchBackend(info.path)
-    proto = get_protocol(protocol or DEFAULT_PROTOCOL, **protocol_options)
+    proto = get_protocol(protocol or info.protocol_name(DEFAULT_PROTOCOL), **protocol_options)
     return Session(backend, TextTokenizer.from_file(info.path), proto, crop_set, info.geometry, config)
 
 

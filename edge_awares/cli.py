@@ -76,8 +76,9 @@ def tiny(out_dir, preset, seed):
 @click.argument("checkpoint", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="Engine directory to create.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default="fp32", show_default=True)
-@click.option("--protocol", type=click.Choice(sorted(PROTOCOLS)), default=DEFAULT_PROTOCOL, show_default=True,
-              help="The conversation protocol the policy was trained with (stored in the manifest).")
+@click.option("--protocol", type=click.Choice(sorted(PROTOCOLS)), default=None,
+              help="The protocol the policy was trained with (stored in the manifest). Default: from the "
+                   f"checkpoint's edge_awares_policy.json, else {DEFAULT_PROTOCOL}.")
 @click.option("--vision-precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
               help="Vision encoder precision (default: as --precision; int8 Q/DQ for int4).")
 @click.option("--calib-images", multiple=True, type=click.Path(),

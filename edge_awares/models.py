@@ -21,6 +21,8 @@ class Family:
 
 
 FAMILIES = {"qwen2_5_vl": Family("qwen2_5_vl", "Qwen2.5-VL")}
+# Written by training next to a trained checkpoint: the protocol and crop set the policy speaks.
+POLICY_FILE = "edge_awares_policy.json"
 
 
 @dataclass
@@ -29,6 +31,11 @@ class CheckpointInfo:
     family: Family
     config: dict
     geometry: Geometry  # the checkpoint's own processor sizing (native view)
+    policy: dict | None = None  # POLICY_FILE's content for checkpoints trained here
+
+    def protocol_name(self, default: str) -> str:
+        """The protocol this checkpoint was trained with, else `default`."""
+        return (self.policy or {}).get("protocol", {}).get("name", default)
 
 
 def read_checkpoint(path: str | Path) -> CheckpointInfo:
@@ -65,4 +72,10 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
         if pp.get("image_mean"):
             geo["image_mean"] = tuple(pp["image_mean"])
             geo["image_std"] = tuple(pp["image_std"])
-    return CheckpointInfo(path=path, family=FAMILIES[mtype], config=config, geometry=Geometry(**geo))
+    policy = None
+    if (path / POLICY_FILE).is_file():
+        try:
+            policy = json.loads((path / POLICY_FILE).read_text())
+        except json.JSONDecodeError as e:
+            raise ModelLoadError(f"{path / POLICY_FILE}: unreadable ({e})") from None
+    return CheckpointInfo(path=path, family=FAMILIES[mtype], config=config, geometry=Geometry(**geo), policy=policy)

@@ -42,7 +42,7 @@ class ExportConfig:
     checkpoint: str
     output: str
     precision: str = "fp32"
-    protocol: str = DEFAULT_PROTOCOL
+    protocol: str | None = None  # None: the protocol the checkpoint was trained with, else tool_call
     protocol_options: dict = field(default_factory=dict)
     crop_set: str = AWARES_CROPS.name
     vision_precision: str | None = None  # None: as `precision` (int4 -> int8 Q/DQ)
@@ -64,7 +64,7 @@ class ExportConfig:
             raise ConfigError(f"unknown vision precision {self.vision_precision!r}; legal: fp32, fp16, int8")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; legal: {', '.join(PRECISIONS)}")
-        if self.protocol not in PROTOCOLS:
+        if self.protocol is not None and self.protocol not in PROTOCOLS:
             raise ConfigError(f"unknown protocol {self.protocol!r}; legal: {', '.join(PROTOCOLS)}")
         get_crop_set(self.crop_set)
         if self.int4_block_size not in (16, 32, 64, 128, 256):
@@ -138,7 +138,7 @@ def _build(cfg: ExportConfig, info, tmp: Path, log) -> None:
     model = reference.model
     for p in model.parameters():
         p.requires_grad_(False)
-    protocol = get_protocol(cfg.protocol, **cfg.protocol_options)
+    protocol = get_protocol(cfg.protocol or info.protocol_name(DEFAULT_PROTOCOL), **cfg.protocol_options)
     crop_set = get_crop_set(cfg.crop_set)
     text = model.config.get_text_config()
     vcfg = model.config.vision_config

@@ -161,3 +161,16 @@ def test_sft_output_exports_and_the_engine_keeps_the_request(tmp_path):
         s = next(x for x in samples() if x.needs_detail)
         r = open_session(engine=engine, protocol="tool_call").run(s.load_image(), s.question, max_new_tokens=40)
     assert r.turns[0].parsed == "request" and r.crops == ["3"]
+
+
+def test_trained_checkpoint_carries_its_protocol(tmp_path):
+    """read_checkpoint exposes the policy sidecar, so ask/eval/export default to the trained protocol."""
+    import json
+
+    from edge_awares.models import POLICY_FILE, read_checkpoint
+    from edge_awares.tiny import make_tiny_checkpoint
+
+    ck = make_tiny_checkpoint(tmp_path / "ck")
+    assert read_checkpoint(ck).protocol_name("tool_call") == "tool_call"
+    (ck / POLICY_FILE).write_text(json.dumps({"protocol": {"name": "awares"}}))
+    assert read_checkpoint(ck).protocol_name("tool_call") == "awares"

@@ -14,9 +14,8 @@ from pathlib import Path
 from .. import __version__
 from ..crops import CropSet
 from ..errors import TrainError
+from ..models import POLICY_FILE  # training writes it; read_checkpoint reads it
 from ..protocols import Protocol
-
-POLICY_FILE = "edge_awares_policy.json"
 
 
 def library_versions() -> dict:
