@@ -163,3 +163,52 @@ def save_merged(model, out_dir: str | Path, base_dir: str | Path) -> Path:
 
 __all__ = ["Placement", "resolve_placement", "checkpointing", "load_model", "lora_config", "lora_targets", "hf_model",
            "make_evaluator", "latest_checkpoint", "prepare_output", "save_merged"]
+
+
+@dataclass
+class RunStart:
+    """What every training run resolves before it touches data: resume point, device, base, policy format."""
+
+    resume_from: Path | None
+    placement: Placement
+    info: object  # models.CheckpointInfo of the base checkpoint
+    protocol: object
+    crop_set: object
+
+
+def start_run(cfg) -> RunStart:
+    """Validate `cfg`, prepare its output folder and refuse a base trained for another protocol or crop set."""
+    from ..crops import get_crop_set
+    from ..protocols import get_protocol
+    from .runlog import check_policy
+
+    cfg.validate()
+    resume_from = prepare_output(cfg.output, cfg.resume, cfg.overwrite)
+    placement = resolve_placement(cfg.precision)
+    info = read_checkpoint(cfg.model)
+    protocol, crop_set = get_protocol(cfg.protocol), get_crop_set(cfg.crop_set)
+    check_policy(cfg.model, protocol, crop_set)
+    return RunStart(resume_from, placement, info, protocol, crop_set)
+
+
+def load_policy_model(cfg, placement: Placement):
+    """The seeded base model and, for LoRA runs, its peft config (language-model targets only)."""
+    import transformers
+
+    transformers.set_seed(cfg.seed)
+    model = load_model(cfg.model, placement)
+    if not cfg.lora:
+        return model, None
+    lora_targets(model, cfg.lora_targets)
+    return model, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+
+
+def finish_run(trainer, cfg, run: RunStart, runlog, stage: str) -> Path:
+    """Train (resuming if asked), merge into a plain Hugging Face folder and record the policy it speaks."""
+    from .runlog import write_policy
+
+    trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
+    save_merged(trainer.model, cfg.output, cfg.model)
+    write_policy(cfg.output, run.protocol, run.crop_set, cfg.model, stage)
+    runlog.log({"event": "saved", "step": trainer.state.global_step, "output": str(cfg.output)})
+    return Path(cfg.output)

@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Literal
 
 from ..chat import encode, generation_prompt, message_pieces
-from ..crops import ALL, CropSet, get_crop_set
+from ..crops import ALL, CropSet
 from ..data.format import iter_jsonl, read_samples, read_trajectories
 from ..errors import BackendUnavailableError, DataError, TrainError
 from ..images import load_image
-from ..models import read_checkpoint
-from ..protocols import Parsed, Protocol, get_protocol
+from ..protocols import Parsed, Protocol
 from ..protocols.tool_call import TOOL_NAME
 from ..views import Geometry, View, crop_views, native_view
 from .config import GRPORunConfig
@@ -282,21 +281,15 @@ def train_grpo(cfg: GRPORunConfig, log=print, callbacks: list | None = None) -> 
     """
     import os
 
-    import transformers
-
     from ..tokenizer import TextTokenizer
-    from .checkpoint import (load_model, lora_config, lora_targets, make_evaluator, prepare_output,
-                             resolve_placement, save_merged)
+    from .checkpoint import finish_run, load_policy_model, make_evaluator, start_run
     from .render import make_processor
-    from .runlog import RunLog, check_policy, make_callbacks, write_policy
+    from .runlog import RunLog, make_callbacks
     from .sft import split_items
 
-    cfg.validate()
-    resume_from = prepare_output(cfg.output, cfg.resume, cfg.overwrite)
-    placement = resolve_placement(cfg.precision)
-    info = read_checkpoint(cfg.model)
-    protocol, crop_set = get_protocol(cfg.protocol), get_crop_set(cfg.crop_set)
-    check_policy(cfg.model, protocol, crop_set)
+    run = start_run(cfg)
+    placement, info, protocol, crop_set, resume_from = run.placement, run.info, run.protocol, run.crop_set, \
+        run.resume_from
     geometry = protocol.geometry(info.geometry)
     tok = TextTokenizer.from_file(info.path)
     items = load_items(cfg.data)
@@ -314,12 +307,7 @@ def train_grpo(cfg: GRPORunConfig, log=print, callbacks: list | None = None) -> 
     processor = make_processor(info.path, geometry)
     processor.tokenizer.padding_side = "left"  # GRPO generates from left-padded prompts
 
-    transformers.set_seed(cfg.seed)
-    model = load_model(cfg.model, placement)
-    peft_config = None
-    if cfg.lora:
-        lora_targets(model, cfg.lora_targets)
-        peft_config = lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    model, peft_config = load_policy_model(cfg, placement)
     args = grpo_args(cfg, placement, max_completion)
     runlog = RunLog(cfg.run_dir)
     runlog.write_config(cfg, {"placement": placement.__dict__, "n_train": len(train), "n_val": len(val),
@@ -341,11 +329,7 @@ def train_grpo(cfg: GRPORunConfig, log=print, callbacks: list | None = None) -> 
     log(f"GRPO: {len(train)} prompts ({sum(bool(i.hr) for i in train)} HR), {len(val)} held out; G={cfg.num_generations}"
         f", beta={cfg.beta}, loss={cfg.loss_type}; max_completion_length={max_completion}; "
         f"{placement.device} {placement.dtype}")
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    save_merged(trainer.model, cfg.output, cfg.model)
-    write_policy(cfg.output, protocol, crop_set, cfg.model, "grpo")
-    runlog.log({"event": "saved", "step": trainer.state.global_step, "output": str(cfg.output)})
-    return Path(cfg.output)
+    return finish_run(trainer, cfg, run, runlog, "grpo")
 
 
 __all__ = ["make_environment", "make_reward_funcs", "final_answer", "rollout_stats", "load_items",

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..crops import get_crop_set
 from ..data.format import Trajectory, read_trajectories
 from ..errors import BackendUnavailableError, DataError, TrainError
-from ..models import read_checkpoint
-from ..protocols import get_protocol
 from .config import SFTRunConfig
 from .evaluate import EvalItem
 
@@ -130,22 +127,17 @@ def train_sft(cfg: SFTRunConfig, log=print, callbacks: list | None = None) -> Pa
 
     Raises ConfigError, DataError, ModelLoadError or TrainError (all one-line CLI errors).
     """
-    import transformers
     from trl import SFTConfig
 
     from ..tokenizer import TextTokenizer
-    from .checkpoint import (checkpointing, load_model, lora_config, lora_targets, make_evaluator, prepare_output,
-                             resolve_placement, save_merged)
+    from .checkpoint import checkpointing, finish_run, load_policy_model, make_evaluator, start_run
     from .collate import make_collator
     from .render import TrajectoryRenderer, make_processor
-    from .runlog import RunLog, check_policy, make_callbacks, write_policy
+    from .runlog import RunLog, make_callbacks
 
-    cfg.validate()
-    resume_from = prepare_output(cfg.output, cfg.resume, cfg.overwrite)
-    placement = resolve_placement(cfg.precision)
-    info = read_checkpoint(cfg.model)
-    protocol, crop_set = get_protocol(cfg.protocol), get_crop_set(cfg.crop_set)
-    check_policy(cfg.model, protocol, crop_set)
+    run = start_run(cfg)
+    placement, info, protocol, crop_set, resume_from = run.placement, run.info, run.protocol, run.crop_set, \
+        run.resume_from
     trajs = read_trajectories(data_file(cfg.data, "trajectories.jsonl"))
     check_trajectories(trajs, protocol, crop_set)
     if cfg.val_data:
@@ -157,12 +149,7 @@ def train_sft(cfg: SFTRunConfig, log=print, callbacks: list | None = None) -> Pa
     processor = make_processor(info.path, renderer.geometry)
     collator = make_collator(processor, renderer, cfg.max_length)
 
-    transformers.set_seed(cfg.seed)
-    model = load_model(cfg.model, placement)
-    peft_config = None
-    if cfg.lora:
-        lora_targets(model, cfg.lora_targets)
-        peft_config = lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    model, peft_config = load_policy_model(cfg, placement)
 
     args = SFTConfig(
         output_dir=str(cfg.run_dir / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
@@ -192,11 +179,7 @@ def train_sft(cfg: SFTRunConfig, log=print, callbacks: list | None = None) -> Pa
         peft_config=peft_config, callbacks=make_callbacks(runlog, evaluator, cfg.eval_steps) + list(callbacks or []))
     log(f"SFT: {len(train)} trajectories ({sum(t.label == 'HR' for t in train)} HR), {len(val)} held out; "
         f"{'LoRA r=%d' % cfg.lora_rank if cfg.lora else 'full fine-tuning'}; {placement.device} {placement.dtype}")
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    save_merged(trainer.model, cfg.output, cfg.model)
-    write_policy(cfg.output, protocol, crop_set, cfg.model, "sft")
-    runlog.log({"event": "saved", "step": trainer.state.global_step, "output": str(cfg.output)})
-    return Path(cfg.output)
+    return finish_run(trainer, cfg, run, runlog, "sft")
 
 
 __all__ = ["train_sft", "weighted_nll", "sft_trainer_class", "build_dataset", "split_items", "data_file"]
