@@ -12,7 +12,7 @@ import time
 import click
 
 from . import __version__
-from .errors import EdgeAwaresError
+from .errors import ConfigError, EdgeAwaresError
 from .protocols import DEFAULT_PROTOCOL, PROTOCOLS
 
 
@@ -38,8 +38,10 @@ def cli():
 @click.option("--seed", type=int, default=None)
 @click.option("--provider", default="cpu", show_default=True, help="Execution provider for --engine.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--show", "show", type=click.Path(dir_okay=False), default=None,
+              help="Write the image with the fetched crops drawn on it (PNG).")
 def ask(image, question, model, engine, protocol, crops, max_new_tokens, max_crop_turns, max_context,
-        temperature, seed, provider, as_json):
+        temperature, seed, provider, as_json, show):
     """Answer QUESTION about IMAGE: low-res view first, crops only if the policy asks."""
     from .api import AskConfig, ask as run_ask
 
@@ -55,6 +57,15 @@ def ask(image, question, model, engine, protocol, crops, max_new_tokens, max_cro
     total_ms = (time.perf_counter() - t0) * 1e3
     out = result.to_dict()
     out.update(model=model, engine=engine, total_ms=total_ms, random_weights=noise)
+    if show:
+        from .images import load_image
+        from .overlay import draw_crops
+
+        try:
+            draw_crops(load_image(image), result).save(show, format="PNG")
+        except OSError as e:
+            raise ConfigError(f"--show {show}: cannot write ({e})") from None
+        out["show"] = show
     if as_json:
         click.echo(json.dumps(out))
     else:

@@ -69,3 +69,23 @@ def test_bad_input_one_line_no_traceback(tiny_ckpt, doc_path, tmp_path, capsys, 
 def test_usage_error_exit_code(capsys):
     assert main(["ask", "x.png", "q", "--protocol", "nope"]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_ask_show_draws_crops(tiny_ckpt, doc_path, tmp_path, capsys):
+    from PIL import Image
+
+    from edge_awares.overlay import _COLOURS
+
+    page = tmp_path / "white.png"
+    Image.new("RGB", (640, 480), "white").save(page)
+    out = tmp_path / "show.png"
+    assert main(["ask", str(page), "q", "--model", str(tiny_ckpt), "--crops", "3", "--max-new-tokens", "2",
+                 "--json", "--show", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["show"] == str(out)
+    img = Image.open(out).convert("RGB")
+    assert img.width == 640 and img.height > 480
+    # crop 3 is the bottom-right quadrant (320, 240, 640, 480): its top edge is outlined, the rest stays white
+    assert img.getpixel((500, 240)) == _COLOURS[0]
+    assert img.getpixel((500, 200)) == (255, 255, 255) and img.getpixel((100, 300)) == (255, 255, 255)
+    assert main(["ask", str(doc_path), "q", "--model", str(tiny_ckpt), "--max-new-tokens", "2",
+                 "--show", str(tmp_path / "missing" / "x.png")]) == 2
