@@ -60,3 +60,15 @@ class ScriptedBackend:
         logits = np.zeros(self.vocab_size, np.float32)
         logits[tok] = 10.0
         return logits
+
+
+def import_blocker(*roots: str) -> str:
+    """Python source that makes the top-level packages `roots` unimportable, for fresh-interpreter tests."""
+    return (
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {roots!r}:\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, _Block())\n"
+    )

@@ -10,18 +10,14 @@ import textwrap
 from pathlib import Path
 
 from conftest import make_doc
+from fakes import import_blocker
 
 from _engine_fixtures import *  # noqa: F401,F403  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SCRIPT = textwrap.dedent("""
+SCRIPT = import_blocker("torch", "transformers", "onnx", "onnxscript", "onnx_ir", "safetensors") + textwrap.dedent("""
     import json, sys
-    class Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "transformers", "onnx", "onnxscript", "onnx_ir", "safetensors"):
-                raise ImportError("blocked: " + name)
-    sys.meta_path.insert(0, Block())
     import edge_awares.runtimes.onnx as rt
     from edge_awares.images import load_image
     engine, image = sys.argv[1], sys.argv[2]

@@ -7,14 +7,11 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from fakes import import_blocker  # noqa: E402
 
-SCRIPT = textwrap.dedent("""
+SCRIPT = import_blocker("torch", "transformers", "tensorflow", "jax", "trl", "peft") + textwrap.dedent("""
     import sys
-    class Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "transformers", "tensorflow", "jax", "trl", "peft"):
-                raise ImportError("blocked: " + name)
-    sys.meta_path.insert(0, Block())
     sys.path[:0] = [sys.argv[1]]
     import edge_awares, edge_awares.cli, edge_awares.session, edge_awares.views, edge_awares.protocols
     import edge_awares.chat, edge_awares.positions, edge_awares.images, edge_awares.models, edge_awares.api
