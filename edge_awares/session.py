@@ -155,7 +155,7 @@ class Session:
         pieces = conversation_pieces(system, tools, [self.protocol.user_turn(first, question)])
 
         forced = isinstance(policy, list) or policy == ALL
-        turn = self._turn(state, "prompt", [], pieces, max_new if not forced else 0, sampler)
+        turn = self._turn(state, "prompt", pieces, max_new if not forced else 0, sampler)
         if forced:
             ids = [ALL] if policy == ALL else policy
             text = self.protocol.request_text(ids, self.crop_set, first, image)
@@ -168,7 +168,6 @@ class Session:
             turn.parsed, turn.crop_ids = parsed.kind, list(parsed.crop_ids)
         requested = parsed.is_request
         failures = int(parsed.kind == "invalid")
-        visual = first.n_tokens
         fetched: list[View] = []
 
         for _ in range(self.config.max_crop_turns):
@@ -176,10 +175,9 @@ class Session:
                 break
             views = self.protocol.crop_views(parsed, image, self.crop_set, self.geometry, first)
             fetched += views
-            visual += sum(v.n_tokens for v in views)
             msg: Message = self.protocol.crop_turn(views, question)
             pieces = ["\n"] + message_pieces(msg, prev_role="assistant") + generation_prompt()
-            turn = self._turn(state, "crop", views, pieces, max_new, sampler)
+            turn = self._turn(state, "crop", pieces, max_new, sampler)
             parsed = self.protocol.parse(turn.text, self.crop_set)
             turn.parsed, turn.crop_ids = parsed.kind, list(parsed.crop_ids)
             failures += int(parsed.kind == "invalid")
@@ -191,6 +189,7 @@ class Session:
         for tid, m in state.pending:
             state.ids.append(tid)
             state.mask.append(m)
+        visual = first.n_tokens + sum(v.n_tokens for v in fetched)
         full_px = image.width * image.height
         if fetched:
             pixel_ratio = sum(v.n_pixels + first.n_pixels for v in fetched) / full_px
@@ -212,8 +211,7 @@ class Session:
             protocol=self.protocol.name,
         )
 
-    def _turn(self, state: "_State", kind: str, views: list[View], pieces: list, max_new: int,
-              sampler: Sampler) -> Turn:
+    def _turn(self, state: "_State", kind: str, pieces: list, max_new: int, sampler: Sampler) -> Turn:
         """Prefill what is pending plus `pieces` on the cache, then decode up to `max_new` tokens."""
         enc = encode(pieces, self.tok)
         head = state.pending
