@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +62,9 @@ def default_tiny_checkpoint() -> Path:
     if not (path / "model.safetensors").is_file():
         tmp = root / f".tiny-{os.getpid()}"
         make_tiny_checkpoint(tmp)
-        tmp.replace(path) if not path.exists() else None
+        if path.exists():  # an earlier build that stopped before its weights were written
+            shutil.rmtree(path)
+        tmp.replace(path)  # built aside and moved in whole, so a half-written folder is never used
     return path
 
 

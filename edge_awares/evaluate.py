@@ -11,7 +11,6 @@ import statistics
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from .errors import ConfigError, DataError
 from .protocols import DEFAULT_PROTOCOL

@@ -18,7 +18,6 @@ from edge_awares.session import Session, SessionConfig  # noqa: E402
 from edge_awares.tokenizer import TextTokenizer  # noqa: E402
 from edge_awares.runtimes.reference import TorchBackend  # noqa: E402
 
-from conftest import make_doc  # noqa: E402
 
 
 def _full_forward_logits(model, ids, views, image_token_id):
