@@ -33,6 +33,7 @@ PRESETS = {
     "tiny2": (96, 3, 6, 2, 192, 48, 3, 3),  # a second shape for parity tests
     "small": (256, 4, 4, 2, 704, 128, 4, 4),
     "mid": (768, 12, 12, 2, 2048, 384, 8, 6),  # ~100M parameters (~90M language, ~14M vision)
+    "demo": (192, 4, 6, 2, 512, 128, 4, 4),  # ~3M: the shipped demo policy, trained from scratch (train/base.py)
 }
 
 
@@ -60,8 +61,9 @@ class _FakeView:  # enough geometry for request_text of every protocol
     width = height = 448
 
 
-def make_tokenizer(vocab_size: int = 1024):
-    """A byte-level BPE tokenizer with Qwen2's pre-tokenizer and Qwen's special tokens, trained locally."""
+def make_tokenizer(vocab_size: int = 1024, extra_corpus: list[str] | None = None):
+    """A byte-level BPE tokenizer with Qwen2's pre-tokenizer and Qwen's special tokens, trained locally on the
+    protocols' texts plus `extra_corpus` (e.g. the questions and answers of a training set)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -73,14 +75,16 @@ def make_tokenizer(vocab_size: int = 1024):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_corpus() * 3, trainer=trainer)
+    tok.train_from_iterator(_corpus() * 3 + list(extra_corpus or []), trainer=trainer)
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ADDED_TOKENS])
     return tok
 
 
 def make_tiny_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0, vocab_size: int = 1024,
                          initializer_range: float = 0.1, max_pixels: int = 1024 * 28 * 28,
-                         min_pixels: int = 16 * 28 * 28, perturb: float = 0.1, **overrides) -> Path:
+                         min_pixels: int = 16 * 28 * 28, perturb: float = 0.1,
+                         extra_corpus: list[str] | None = None, note: str = "random weights: answers are noise",
+                         **overrides) -> Path:
     """Build and save a random-init Qwen2.5-VL checkpoint. `overrides` go into the text config.
 
     A large `initializer_range` separates random logits, so greedy tokens do not tie (FACTS.md). transformers
@@ -100,7 +104,7 @@ def make_tiny_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 
         raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = make_tokenizer(vocab_size)
+    tok = make_tokenizer(vocab_size, extra_corpus)
     ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
     hidden, layers, heads, kv, inter, v_hidden, v_depth, v_heads = PRESETS[preset]
     head_dim = hidden // heads
@@ -135,7 +139,7 @@ def make_tiny_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 
     hf_tok.save_pretrained(out)
     Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels).save_pretrained(out)
     (out / "edge_awares_tiny.json").write_text(json.dumps(
-        {"preset": preset, "seed": seed, "note": "random weights: answers are noise"}, indent=1))
+        {"preset": preset, "seed": seed, "note": note}, indent=1))
     return out
 
 

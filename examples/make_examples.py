@@ -1,4 +1,6 @@
-"""Regenerates the example pages and examples/questions.jsonl (every question each page supports).
+"""Regenerates the example pages and examples/questions.jsonl (every question each page supports), and the card
+pages the shipped demo policy reads (examples/cards_*.png, examples/cards_questions.jsonl; stream 4242, which no
+training or test split of `edge-awares train demo` uses).
 
 Run from the repository root: ``python examples/make_examples.py``. Output is deterministic for a given
 Pillow version and DejaVu fonts; the pages were picked for variety (a chart, several panels and shapes).
@@ -6,6 +8,7 @@ Pillow version and DejaVu fonts; the pages were picked for variety (a chart, sev
 
 from pathlib import Path
 
+from edge_awares.data.cards import make_card_page
 from edge_awares.data.format import write_samples
 from edge_awares.data.synth import SynthConfig, make_page
 
@@ -16,8 +19,19 @@ PAGES = [  # (file, seed, index, config)
     ("page_672x448.png", 2024, 7, SynthConfig(width=672, height=448)),
 ]
 
+CARD_PAGES = [("cards_a.png", 4242, 0), ("cards_b.png", 4242, 1), ("cards_c.png", 4242, 2)]
+
 
 def main() -> None:
+    cards = []
+    for name, seed, index in CARD_PAGES:
+        page = make_card_page(seed, index)
+        page[0].image.save(HERE / name, format="PNG", optimize=True)
+        for s in page:
+            s.image = str(HERE / name)
+        cards.extend(page)
+    write_samples(HERE / "cards_questions.jsonl", cards)
+    print(f"wrote {len(CARD_PAGES)} card pages and {len(cards)} questions to {HERE}")
     samples = []
     for name, seed, index, cfg in PAGES:
         page = make_page(seed, index, cfg)

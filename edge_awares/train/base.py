@@ -1,0 +1,298 @@
+"""Pretraining a base model from scratch: the role Qwen2.5-VL plays in the paper, at a size a CPU can train.
+
+No pretrained weights can be downloaded here, so the demo's base model starts from random init (the `demo`
+preset of edge_awares.tiny: a ~3M-parameter Qwen2.5-VL with a tokenizer trained on the task's text) and learns
+to answer card questions (data/cards.py) from ONE view: native resolution or the low-res view, mixed. Like the
+paper's base model it then reads small text at native resolution but not in the low-res view, which is what
+curation measures.
+
+Examples are rendered with the runtime's own code (protocol user turn, chat renderer, numpy patches), so the
+model is trained on exactly the token layout `Session.run(view=...)` feeds it. This is a plain PyTorch loop,
+not TRL's SFTTrainer: samples are generated on the fly (an endless stream, no dataset to materialise) and the
+per-step cost of TRL's processor round trip would dominate at this model size.
+
+    edge-awares train base -o OUT [--steps 6000]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..chat import IM_END, conversation_pieces, encode
+from ..crops import AWARES_CROPS
+from ..data.cards import COLOUR_NAMES, LETTERS, READ_QUESTION, CardsConfig, make_card_sample
+from ..errors import ConfigError
+from ..protocols import get_protocol
+from ..views import crop_views, native_view
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - the CLI names the extra
+    from ..errors import BackendUnavailableError
+
+    raise BackendUnavailableError("training needs torch and transformers: pip install 'edge-awares[train]'")
+
+
+@dataclass
+class BaseRunConfig:
+    output: str
+    steps: int = 6000
+    batch_size: int = 16
+    lr: float = 1.5e-3
+    min_lr_ratio: float = 0.05
+    warmup: int = 200
+    weight_decay: float = 0.05
+    native_share: float = 0.5  # share of examples shown at native resolution (the rest: the low-res view)
+    read_share: float = 0.1  # share of "Read the cards." examples (every card: a dense reading signal)
+    card_share: float = 0.3  # share of single-card examples: the question's card cut out as the crop turn shows it
+    aux_weight: float = 1.0  # weight of the vision tower's per-token card-attribute loss (0: off)
+    card_steps: int = 1500  # curriculum: the first steps show single cards only (reading before finding)
+    preset: str = "demo"
+    seed: int = 0
+    data_seed: int = 1000  # card stream the examples are drawn from (evaluation uses other seeds)
+    eval_every: int = 500
+    eval_n: int = 96
+    threads: int | None = None
+    cards: dict = field(default_factory=dict)  # CardsConfig overrides
+
+    def validate(self) -> "BaseRunConfig":
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("steps and batch_size must be at least 1")
+        if not (0.0 <= self.read_share and 0.0 <= self.card_share and self.read_share + self.card_share <= 1.0):
+            raise ConfigError("read_share and card_share must be >= 0 and sum to at most 1")
+        if self.card_steps > 0 and self.card_share <= 0:
+            raise ConfigError("card_steps needs card_share > 0")
+        if not 0.0 <= self.native_share <= 1.0:
+            raise ConfigError(f"native_share={self.native_share} must be in 0..1")
+        if not self.lr > 0:
+            raise ConfigError(f"lr={self.lr} must be > 0")
+        CardsConfig(**self.cards).validate()
+        return self
+
+
+def tokenizer_corpus(cfg: CardsConfig, n: int = 400, seed: int = 99) -> list[str]:
+    """Questions and answers of the card task, for the tokenizer (the digits split one per token anyway)."""
+    from ..data.cards import iter_card_samples
+
+    return [f"{s.question} {s.answers[0]} {READ_QUESTION} {s.meta['reading']}" for s in iter_card_samples(n, seed, cfg)]
+
+
+class Encoder:
+    """Card samples to model inputs through the runtime's own protocol, chat renderer and patch code."""
+
+    def __init__(self, model_dir: Path, protocol: str = "plain"):
+        from ..models import read_checkpoint
+        from ..tokenizer import TextTokenizer
+
+        info = read_checkpoint(model_dir)
+        self.tok = TextTokenizer.from_file(info.path)
+        self.protocol = get_protocol(protocol)
+        self.geometry = self.protocol.geometry(info.geometry)
+        self.im_end = self.tok.token_id(IM_END)
+        self.pad = self.tok.token_id("<|endoftext|>")
+
+    def example(self, image, question: str, answer: str, view: str, crop_id: str | None = None,
+                reading: str | None = None) -> dict:
+        """One example from one view of `image`: native, lowres, or (with `crop_id`) the crop of that id cut
+        from the original image, as the runtime's crop turn shows it (at native density, or halved for lowres)."""
+        p, g = self.protocol, self.geometry
+        if crop_id is not None:
+            image = crop_views(image, AWARES_CROPS, [crop_id], g)[0].source
+        first = native_view(image, g) if view == "native" else p.first_view(image, g)
+        pieces = conversation_pieces(p.system_prompt(AWARES_CROPS), p.tools(AWARES_CROPS), [p.user_turn(first, question)])
+        prompt = encode(pieces, self.tok).ids.tolist()
+        target = self.tok.encode(answer) + [self.im_end]
+        out = {"ids": prompt + target, "labels": [-100] * len(prompt) + target,
+               "pixels": first.pixel_values(), "thw": first.grid_thw}
+        if reading is not None:
+            out["aux"] = token_attributes(reading, first.merged_hw, crop_id, legible=view == "native")
+        return out
+
+    def batch(self, examples: list[dict]) -> dict:
+        n = max(len(e["ids"]) for e in examples)
+        ids = torch.full((len(examples), n), self.pad, dtype=torch.long)
+        labels = torch.full((len(examples), n), -100, dtype=torch.long)
+        mask = torch.zeros((len(examples), n), dtype=torch.long)
+        for i, e in enumerate(examples):
+            k = len(e["ids"])
+            ids[i, :k] = torch.tensor(e["ids"])
+            labels[i, :k] = torch.tensor(e["labels"])
+            mask[i, :k] = 1
+        out = {"input_ids": ids, "labels": labels, "attention_mask": mask,
+               "pixel_values": torch.from_numpy(np.concatenate([e["pixels"] for e in examples])),
+               "image_grid_thw": torch.tensor([e["thw"] for e in examples], dtype=torch.long)}
+        if all("aux" in e for e in examples):
+            out["aux"] = torch.from_numpy(np.concatenate([e["aux"] for e in examples]))
+        return out
+
+
+def token_attributes(reading: str, merged_hw: tuple[int, int], crop_id: str | None, legible: bool) -> np.ndarray:
+    """Per visual token of a card page (or of one card's crop): the attributes of the card under it, as class
+    ids [colour, letter, digit 1..k] (int64, [n_tokens, 2 + k]); the digits are -100 (not trained) when the view
+    cannot show them (the low-res view). Targets of the auxiliary vision loss (see `AuxHeads`)."""
+    cards = [c.split(" ") for c in reading.split(", ")]
+    h, w = merged_hw
+    k = len(cards[0][2])
+    rows = []
+    for r in range(h):
+        for c in range(w):
+            q = int(crop_id) if crop_id is not None else (2 if r >= h / 2 else 0) + (1 if c >= w / 2 else 0)
+            colour, letter, code = cards[q]
+            digits = [int(d) for d in code] if legible else [-100] * k
+            rows.append([COLOUR_NAMES.index(colour), LETTERS.index(letter), *digits])
+    return np.asarray(rows, dtype=np.int64)
+
+
+class AuxHeads(torch.nn.Module):
+    """Linear read-outs of card attributes from each merged visual token (colour, letter, code digits).
+
+    Why: trained from scratch, the language model's only signal is a few answer tokens per image, and the vision
+    tower learns to read very slowly through that bottleneck (measured: chance accuracy after 16k examples).
+    A dense per-token target teaches the tower to put each card's attributes into its tokens; the heads are
+    dropped after pretraining (the saved checkpoint is a plain Qwen2.5-VL)."""
+
+    def __init__(self, hidden: int, code_len: int):
+        super().__init__()
+        self.colour = torch.nn.Linear(hidden, len(COLOUR_NAMES))
+        self.letter = torch.nn.Linear(hidden, len(LETTERS))
+        self.digits = torch.nn.Linear(hidden, 10 * code_len)
+        self.code_len = code_len
+
+    def loss(self, feats: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":
+        ce = torch.nn.functional.cross_entropy
+        d = self.digits(feats).view(-1, self.code_len, 10)
+        return (ce(self.colour(feats), target[:, 0]) + ce(self.letter(feats), target[:, 1])
+                + ce(d.reshape(-1, 10), target[:, 2:].reshape(-1), ignore_index=-100))
+
+
+def evaluate_views(model, model_dir: Path, samples: list, views=("native", "lowres", "card")) -> dict:
+    """Greedy exact-match accuracy of `model` (in memory) per view and per template, through `Session`.
+    View "card": the question's card alone, cut out as the crop turn shows it, at native resolution."""
+    from ..runtimes.reference import TorchBackend
+
+    from ..models import read_checkpoint
+    from ..session import Session
+    from ..tokenizer import TextTokenizer
+
+    info = read_checkpoint(model_dir)
+    was_training = model.training
+    backend = TorchBackend(model=model)
+    session = Session(backend, TextTokenizer.from_file(info.path), get_protocol("plain"), AWARES_CROPS,
+                      info.geometry)
+    out = {}
+    with torch.no_grad():
+        for view in views:
+            hits: dict[str, list[int]] = {}
+            for s in samples:
+                image = s.image
+                if view == "card":
+                    image = crop_views(image, AWARES_CROPS, s.crop_ids[:1], session.geometry)[0].source
+                r = session.run(image, s.question, crops="none", view="lowres" if view == "lowres" else "native",
+                                max_new_tokens=8)
+                hits.setdefault(s.meta["template"], []).append(int(r.answer.strip() == s.answers[0]))
+            allh = [h for v in hits.values() for h in v]
+            out[f"{view}/accuracy"] = sum(allh) / len(allh)
+            for t, v in sorted(hits.items()):
+                out[f"{view}/{t}"] = sum(v) / len(v)
+    model.train(was_training)
+    return out
+
+
+def _lr_at(step: int, cfg: BaseRunConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def train_base(cfg: BaseRunConfig, log=print) -> Path:
+    """Build the random-init checkpoint, pretrain it on card questions, save it to `cfg.output` (HF folder) with
+    `base_run.json` (config, seeds, loss curve, per-view accuracy)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from ..tiny import make_tiny_checkpoint
+
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    cards = CardsConfig(**cfg.cards).validate()
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    make_tiny_checkpoint(out, preset=cfg.preset, seed=cfg.seed, initializer_range=0.02, perturb=0.0,
+                         extra_corpus=tokenizer_corpus(cards), note="pretrained on cards (edge_awares.train.base)")
+    torch.manual_seed(cfg.seed)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(out), dtype=torch.float32).train()
+    enc = Encoder(out)
+    n_params = sum(p.numel() for p in model.parameters())
+    heads = AuxHeads(model.config.get_text_config().hidden_size, cards.code_len)
+    captured = {}
+    model.model.visual.register_forward_hook(lambda mod, inp, out: captured.__setitem__("feats", out.pooler_output))
+    params = list(model.named_parameters()) + [("aux." + n, p) for n, p in heads.named_parameters()]
+    decay = [p for n, p in params if p.ndim >= 2 and "embed" not in n]
+    rest = [p for n, p in params if not (p.ndim >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0}],
+                            lr=cfg.lr, betas=(0.9, 0.98))
+    rng = random.Random(cfg.seed)
+    val = [make_card_sample(cfg.data_seed + 1, i, cards) for i in range(cfg.eval_n)]
+    history, aux_history, evals = [], [], []
+    t0 = time.perf_counter()
+    index = 0
+    log(f"base: {n_params / 1e6:.2f}M parameters, {cfg.steps} steps x {cfg.batch_size}, lr {cfg.lr}")
+    for step in range(cfg.steps):
+        examples = []
+        for _ in range(cfg.batch_size):
+            s = make_card_sample(cfg.data_seed, index, cards)
+            index += 1
+            view = "native" if rng.random() < cfg.native_share else "lowres"
+            u, reading = rng.random(), s.meta["reading"]
+            if step < cfg.card_steps:  # curriculum phase 1: every example is one card
+                u = cfg.read_share
+            if u < cfg.read_share:
+                examples.append(enc.example(s.image, READ_QUESTION, reading, view, reading=reading))
+            elif u < cfg.read_share + cfg.card_share:
+                examples.append(enc.example(s.image, s.question, s.answers[0], view, crop_id=s.crop_ids[0],
+                                            reading=reading))
+            else:
+                examples.append(enc.example(s.image, s.question, s.answers[0], view, reading=reading))
+        batch = enc.batch(examples)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg)
+        aux_target = batch.pop("aux")
+        loss = lm_loss = model(**batch).loss
+        aux = heads.loss(captured.pop("feats"), aux_target)
+        if cfg.aux_weight:
+            loss = lm_loss + cfg.aux_weight * aux
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
+        opt.step()
+        history.append(round(float(lm_loss.detach()), 4))
+        aux_history.append(round(float(aux.detach()), 4))
+        if (step + 1) % 50 == 0:
+            log(f"step {step + 1}: loss {np.mean(history[-50:]):.3f} aux {np.mean(aux_history[-50:]):.3f} "
+                f"lr {_lr_at(step, cfg):.2e} "
+                f"{(time.perf_counter() - t0) / (step + 1):.2f} s/step")
+        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+            model.eval()
+            m = evaluate_views(model, out, val)
+            model.train()
+            evals.append({"step": step + 1, **m})
+            log(f"eval @ {step + 1}: " + " ".join(f"{k} {v:.3f}" for k, v in m.items()))
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    record = {"config": asdict(cfg), "cards": asdict(cards), "parameters": n_params, "examples_seen": index,
+              "seconds": round(time.perf_counter() - t0, 1), "loss": history, "aux_loss": aux_history,
+              "evals": evals,
+              "torch": torch.__version__}
+    (out / "base_run.json").write_text(json.dumps(record, indent=1))
+    return out
+
+
+__all__ = ["BaseRunConfig", "train_base", "Encoder", "tokenizer_corpus"]
