@@ -53,6 +53,16 @@ class AskConfig:
         return self
 
 
+# The demo policy this project trains itself (edge-awares train demo --ship): an int8 ONNX engine of a ~3M-parameter
+# Qwen2.5-VL that reads the card documents of edge_awares.data.cards (examples/cards_*.png).
+DEMO_ENGINE = Path(__file__).resolve().parent / "assets" / "demo-engine"
+
+
+def demo_engine() -> Path | None:
+    """The shipped demo engine, or None when this checkout has none (then `ask` falls back to a tiny random one)."""
+    return DEMO_ENGINE if (DEMO_ENGINE / "manifest.json").is_file() else None
+
+
 def default_tiny_checkpoint() -> Path:
     """A tiny random-init checkpoint built once into the user cache (until a trained demo engine ships)."""
     from .tiny import make_tiny_checkpoint
@@ -92,9 +102,14 @@ def ask(cfg: AskConfig, session: Session | None = None) -> SessionResult:
     image = load_image(cfg.image)
     if session is None:
         model = cfg.model
-        if model is None and cfg.engine is None:
-            model = str(default_tiny_checkpoint())
-        session = open_session(model=model, engine=cfg.engine, protocol=cfg.protocol, provider=cfg.provider,
+        engine = cfg.engine
+        if model is None and engine is None:
+            shipped = demo_engine()
+            if shipped is not None:
+                engine = str(shipped)
+            else:
+                model = str(default_tiny_checkpoint())
+        session = open_session(model=model, engine=engine, protocol=cfg.protocol, provider=cfg.provider,
                                config=SessionConfig(cfg.max_new_tokens, cfg.max_crop_turns, cfg.max_context))
     sampler = Sampler(cfg.temperature, seed=cfg.seed)
     return session.run(image, cfg.question, crops=cfg.crops, sampler=sampler)

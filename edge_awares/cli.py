@@ -48,15 +48,20 @@ def ask(image, question, model, engine, protocol, crops, max_new_tokens, max_cro
     cfg = AskConfig(image=image, question=question, model=model, engine=engine, protocol=protocol, crops=crops,
                     max_new_tokens=max_new_tokens, max_crop_turns=max_crop_turns, max_context=max_context,
                     temperature=temperature, seed=seed, provider=provider).validate()
-    noise = model is None and engine is None
+    from .api import demo_engine
+
+    default = model is None and engine is None
+    noise = default and demo_engine() is None
     if noise:
-        _warn("no --model or --engine given and no trained demo engine ships yet: using a tiny RANDOM-INIT "
-              "checkpoint built locally. Its answers are noise; it shows the loop, not a policy.")
+        _warn("no --model or --engine given and this checkout has no demo engine (edge_awares/assets/demo-engine): "
+              "using a tiny RANDOM-INIT checkpoint built locally. Its answers are noise; it shows the loop, not a "
+              "policy.")
     t0 = time.perf_counter()
     result = run_ask(cfg)
     total_ms = (time.perf_counter() - t0) * 1e3
     out = result.to_dict()
-    out.update(model=model, engine=engine, total_ms=total_ms, random_weights=noise)
+    out.update(model=model, engine=engine if not default or noise else str(demo_engine()), total_ms=total_ms,
+               random_weights=noise)
     if show:
         from .images import load_image
         from .overlay import draw_crops
@@ -134,8 +139,18 @@ def export_cmd(checkpoint, output, precision, protocol, vision_precision, calib_
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def profile_cmd(image, question, engine, model, protocol, crops, runs, warmup, max_new_tokens, max_context,
                 provider, trace, as_json):
-    """Time the crop loop on IMAGE/QUESTION: per-turn vision, prefill, decode; RTR; peak memory."""
+    """Time the crop loop on IMAGE/QUESTION: per-turn vision, prefill, decode; RTR; peak memory.
+
+    Without --engine or --model it profiles the shipped demo engine."""
     from .runtimes.profile import ProfileConfig, format_report, profile
+
+    if engine is None and model is None:
+        from .api import demo_engine
+
+        shipped = demo_engine()
+        if shipped is None:
+            raise ConfigError("give --engine DIR or --model CKPT (this checkout has no shipped demo engine)")
+        engine = str(shipped)
 
     cfg = ProfileConfig(image=image, question=question, engine=engine, model=model, protocol=protocol, crops=crops,
                         runs=runs, warmup=warmup, provider=provider, max_new_tokens=max_new_tokens,

@@ -131,4 +131,43 @@ def oracle(samples, output):
     click.echo(str(oracle_trajectories(samples, output)))
 
 
+@train.command("base")
+@click.option("-o", "--output", required=True, help="Output folder: a Hugging Face checkpoint (+ base_run.json).")
+@click.option("--steps", type=int, default=4000, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=1.5e-3, show_default=True)
+@click.option("--native-share", type=float, default=0.5, show_default=True,
+              help="Share of examples at native resolution (the rest: the low-res view).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--eval-every", type=int, default=500, show_default=True)
+@click.option("--threads", type=int, default=None)
+def base(output, steps, batch_size, lr, native_share, seed, eval_every, threads):
+    """Pretrain a ~3M-parameter Qwen2.5-VL from scratch on card questions (one view, native or low-res)."""
+    from .base import BaseRunConfig, train_base
+
+    cfg = BaseRunConfig(output=output, steps=steps, batch_size=batch_size, lr=lr, native_share=native_share,
+                        seed=seed, eval_every=eval_every, threads=threads).validate()
+    click.echo(str(train_base(cfg, log=click.echo)))
+
+
+@train.command("demo")
+@click.option("-o", "--output", default="runs/demo", show_default=True, help="Run folder (stages resume).")
+@click.option("--base-steps", type=int, default=4000, show_default=True)
+@click.option("--n-train", type=int, default=1500, show_default=True)
+@click.option("--n-test", type=int, default=600, show_default=True)
+@click.option("--grpo-steps", type=int, default=120, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None)
+@click.option("--fresh", is_flag=True, help="Delete OUTPUT first instead of resuming its finished stages.")
+@click.option("--ship", is_flag=True, help="Copy the int8 engine into the package (edge_awares/assets/demo-engine).")
+def demo(output, base_steps, n_train, n_test, grpo_steps, seed, threads, fresh, ship):
+    """The whole demo: base model, data, curation, SFT, GRPO, export, evaluation (and --ship)."""
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(output=output, base_steps=base_steps, n_train=n_train, n_test=n_test, grpo_steps=grpo_steps,
+                     seed=seed, threads=threads, fresh=fresh, ship=ship).validate()
+    run_demo(cfg, log=click.echo)
+    click.echo(f"run record: {output}/demo_run.json; results: {output}/eval/demo_eval.md")
+
+
 COMMANDS = [train]

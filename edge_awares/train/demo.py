@@ -1,0 +1,218 @@
+"""The shipped demo policy, end to end, in one command: the proof that the whole method runs here.
+
+    edge-awares train demo -o runs/demo [--ship]
+
+Stages (each writes a folder under OUT and is skipped when its output already exists, so a stopped run
+resumes; `--fresh` starts over):
+
+1. base/      a ~3M-parameter Qwen2.5-VL trained from scratch on card questions from one view (train/base.py)
+2. data/      card samples: train (curation, SFT, GRPO prompts) and a held-out test split (other seed)
+3. curate/    the base model answers each train sample at low-res and native; exact-match judge; ground-truth
+              evidence boxes (the generator's) become crop ids
+4. sft/       cold-start SFT on the curated trajectories (tool_call protocol, full fine-tuning)
+5. grpo/      multi-turn GRPO (correctness minus crop cost)
+6. engine-fp32/, engine-int8/   verified ONNX engines of the GRPO policy
+7. eval/      the held-out split through every configuration (benchmarks/bench_demo.py formats the table)
+8. --ship     copies engine-int8 into edge_awares/assets/demo-engine (what `ask` uses by default)
+
+Every stage's settings, seeds, data hashes, timings and metrics land in OUT/demo_run.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..api import DEMO_ENGINE as ASSET_ENGINE
+
+
+@dataclass
+class DemoConfig:
+    output: str = "runs/demo"
+    seed: int = 0
+    threads: int | None = None
+    base_steps: int = 4000
+    base_batch: int = 16
+    base_lr: float = 1.5e-3
+    n_train: int = 1500
+    n_test: int = 600
+    train_seed: int = 2000  # card streams: base pretraining uses 1000/1001, so every split is disjoint
+    test_seed: int = 3000
+    sft_epochs: float = 2.0
+    sft_lr: float = 5e-4
+    sft_batch: int = 8
+    grpo_steps: int = 120
+    grpo_lr: float = 2e-5
+    grpo_generations: int = 8
+    grpo_prompts_per_step: int = 2
+    both_wrong: str = "drop"  # curation label when low-res and native answers are both wrong
+    eval_limit: int | None = None
+    fresh: bool = False
+    ship: bool = False
+    stages: dict = field(default_factory=dict)
+
+    def validate(self) -> "DemoConfig":
+        for name in ("base_steps", "n_train", "n_test", "grpo_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+        return self
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+class _Record:
+    def __init__(self, cfg: DemoConfig):
+        self.path = Path(cfg.output) / "demo_run.json"
+        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.data["config"] = {k: v for k, v in asdict(cfg).items() if k != "stages"}
+        self.data.setdefault("stages", {})
+
+    def stage(self, name: str, **info) -> None:
+        self.data["stages"][name] = {**self.data["stages"].get(name, {}), **info}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.data, indent=1))
+
+
+def run_demo(cfg: DemoConfig, log=print) -> dict:
+    """Run (or resume) every stage; returns the run record."""
+    import torch
+
+    cfg.validate()
+    out = Path(cfg.output)
+    if cfg.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rec = _Record(cfg)
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        log(f"== {name}")
+        result = fn()
+        rec.stage(name, seconds=round(time.perf_counter() - t0, 1))
+        return result
+
+    # 1. base model
+    base = out / "base"
+    if not (base / "base_run.json").is_file():
+        from .base import BaseRunConfig, train_base
+
+        if base.exists():
+            shutil.rmtree(base)
+        timed("base", lambda: train_base(BaseRunConfig(
+            output=str(base), steps=cfg.base_steps, batch_size=cfg.base_batch, lr=cfg.base_lr, seed=cfg.seed,
+            threads=cfg.threads), log=log))
+        b = json.loads((base / "base_run.json").read_text())
+        rec.stage("base", parameters=b["parameters"], examples_seen=b["examples_seen"],
+                  final_loss=sum(b["loss"][-100:]) / len(b["loss"][-100:]), evals=b["evals"][-1:])
+
+    # 2. data
+    from ..data.cards import write_cards
+
+    splits = {"train": (cfg.n_train, cfg.train_seed), "test": (cfg.n_test, cfg.test_seed)}
+    for split, (n, seed) in splits.items():
+        path = out / "data" / split / "samples.jsonl"
+        if not path.is_file():
+            timed(f"data/{split}", lambda: write_cards(path.parent, n=n, seed=seed))
+            rec.stage(f"data/{split}", n=n, seed=seed, samples_sha256=_sha(path))
+
+    # 3. curation
+    cur = out / "curate"
+    if not (cur / "report.json").is_file():
+        from ..data.curate import CurateConfig, curate
+
+        report = timed("curate", lambda: curate(CurateConfig(
+            model=str(base), data=str(out / "data" / "train"), out=str(cur), judge="exact", both_wrong=cfg.both_wrong,
+            oracle="gt", max_new_tokens=16), progress=False))
+        rec.stage("curate", labels=report["labels"], crop_ids=report["crop_ids"], counts=report["counts"])
+
+    # 4. SFT
+    sft = out / "sft"
+    if not (sft / "model.safetensors").is_file():
+        from .config import SFTRunConfig
+        from .sft import train_sft
+
+        if sft.exists():
+            shutil.rmtree(sft)
+        timed("sft", lambda: train_sft(SFTRunConfig(
+            model=str(base), data=str(cur / "trajectories.jsonl"), output=str(sft), lora=False, lr=cfg.sft_lr,
+            epochs=cfg.sft_epochs, batch_size=cfg.sft_batch, warmup_ratio=0.05, seed=cfg.seed, save_strategy="no",
+            logging_steps=20, val_fraction=0.05, val_samples=64, eval_metric="exact"), log=log))
+        rec.stage("sft", metrics=_last_metrics(sft))
+
+    # 5. GRPO
+    grpo = out / "grpo"
+    if not (grpo / "model.safetensors").is_file():
+        from .config import GRPORunConfig
+        from .grpo import train_grpo
+
+        if grpo.exists():
+            shutil.rmtree(grpo)
+        timed("grpo", lambda: train_grpo(GRPORunConfig(
+            model=str(sft), data=str(out / "data" / "train"), output=str(grpo), lora=False, lr=cfg.grpo_lr,
+            max_steps=cfg.grpo_steps, num_generations=cfg.grpo_generations,
+            prompts_per_step=cfg.grpo_prompts_per_step, answer_metric="exact", seed=cfg.seed, save_strategy="no",
+            logging_steps=10, val_fraction=0.05, val_samples=64, eval_metric="exact"), log=log))
+        rec.stage("grpo", metrics=_last_metrics(grpo))
+
+    # 6. engines
+    from ..export.engine import ExportConfig, export_engine
+
+    calib = [str(p) for p in sorted((out / "data" / "train" / "images").glob("*.png"))[:16]]
+    for precision in ("fp32", "int8"):
+        eng = out / f"engine-{precision}"
+        if not (eng / "manifest.json").is_file():
+            timed(f"export/{precision}", lambda: export_engine(ExportConfig(
+                checkpoint=str(grpo), output=str(eng), precision=precision, calib_images=tuple(calib),
+                force=True), log=log))
+            rec.stage(f"export/{precision}", size_bytes=sum(f.stat().st_size for f in eng.rglob("*") if f.is_file()))
+
+    # 7. evaluation
+    from .demo_eval import evaluate_demo
+
+    results = timed("eval", lambda: evaluate_demo(out, limit=cfg.eval_limit, log=log))
+    rec.stage("eval", results=results)
+
+    # 8. ship
+    if cfg.ship:
+        ship_engine(out / "engine-int8", ASSET_ENGINE)
+        rec.stage("ship", path=str(ASSET_ENGINE))
+        log(f"shipped {out / 'engine-int8'} -> {ASSET_ENGINE}")
+    return rec.data
+
+
+def ship_engine(src: Path, dst: Path) -> None:
+    """Copy an engine directory into place whole (built aside, then renamed)."""
+    tmp = dst.parent / f".{dst.name}.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    if dst.exists():
+        shutil.rmtree(dst)
+    tmp.replace(dst)
+
+
+def _last_metrics(run_out: Path) -> dict:
+    """The last evaluation the run log recorded (val/ metrics through Session)."""
+    log = run_out / "run" / "log.jsonl"
+    last = {}
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if any(k.startswith("val/") for k in d):
+                last = d
+    return last
+
+
+__all__ = ["DemoConfig", "run_demo", "ship_engine", "ASSET_ENGINE"]

@@ -1,0 +1,127 @@
+"""The demo's evaluation: one held-out card split through every configuration the paper compares, written as
+JSON, a markdown table and an accuracy-vs-RTR plot.
+
+    python benchmarks/bench_demo.py runs/demo          (or the last stage of `edge-awares train demo`)
+
+Rows: the base model from the low-res view only and at native resolution (one pass each, plain protocol); the
+SFT and GRPO policies (low-res first, crops on request) on the torch reference; the GRPO policy forced to fetch
+the whole image ("always all"); and the GRPO policy's fp32 and int8 ONNX engines (the shipped one is int8).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# (row name, what runs it, eval options)
+ROWS = (
+    ("low-res only (base)", "base", dict(protocol="plain", crops="none")),
+    ("native single pass (base)", "base", dict(protocol="plain", native=True)),
+    ("always all (GRPO policy)", "grpo", dict(crops="all")),
+    ("SFT policy", "sft", dict()),
+    ("GRPO policy", "grpo", dict()),
+    ("GRPO policy, ONNX fp32", "engine-fp32", dict()),
+    ("GRPO policy, ONNX int8 (shipped)", "engine-int8", dict()),
+)
+
+
+def evaluate_demo(run_dir: str | Path, results_dir: str | Path | None = None, limit: int | None = None,
+                  log=print) -> list[dict]:
+    """Evaluate every row on RUN/data/test; write RESULTS/demo_eval.{json,md,png} (default RUN/eval), and the
+    per-sample records of each row to RUN/eval/records-*.jsonl."""
+    from ..evaluate import EvalConfig, evaluate
+
+    run = Path(run_dir)
+    res = Path(results_dir) if results_dir else run / "eval"
+    res.mkdir(parents=True, exist_ok=True)
+    data = str(run / "data" / "test")
+    rows = []
+    for name, what, opts in ROWS:
+        target = run / what
+        if not target.exists():
+            log(f"skip {name}: {target} missing")
+            continue
+        kind = "engine" if what.startswith("engine") else "model"
+        cfg = EvalConfig(data=data, metric="exact", limit=limit, max_new_tokens=24, **{kind: str(target)}, **opts)
+        report = evaluate(cfg, progress=False)
+        rec = report.to_dict(with_records=True)
+        by = {"detail": [r for r in rec["records"] if r["needs_detail"]],
+              "coarse": [r for r in rec["records"] if not r["needs_detail"]]}
+        row = {"name": name, "backend": "onnxruntime" if kind == "engine" else "torch", "n": report.n,
+               "accuracy": report.accuracy, "rtr": report.rtr, "request_rate": report.request_rate,
+               "parse_rate": report.parse_rate, "crop_histogram": report.crop_histogram,
+               "latency_ms": report.latency_ms, "visual_tokens": report.visual_tokens,
+               "accuracy_detail": _mean(by["detail"]), "accuracy_coarse": _mean(by["coarse"]),
+               "request_rate_detail": _rate(by["detail"]), "request_rate_coarse": _rate(by["coarse"]),
+               "gold_crop_hit": _gold_hit(by["detail"])}
+        rows.append(row)
+        log(f"{name}: accuracy {row['accuracy']:.3f} rtr {row['rtr']:.3f} requests {row['request_rate']:.2f} "
+            f"parse {row['parse_rate']:.2f} median {row['latency_ms']['median']:.1f} ms")
+        (run / "eval").mkdir(parents=True, exist_ok=True)
+        with open(run / "eval" / f"records-{what}{'-' + opts.get('crops', '') if opts.get('crops') else ''}"
+                        f"{'-native' if opts.get('native') else ''}.jsonl", "w") as f:
+            for r in rec["records"]:
+                f.write(json.dumps(r) + "\n")
+    (res / "demo_eval.json").write_text(json.dumps({"data": data, "rows": rows}, indent=1))
+    (res / "demo_eval.md").write_text(markdown_table(rows))
+    plot(rows, res / "demo_eval.png")
+    return rows
+
+
+def _mean(records) -> float | None:
+    return sum(r["score"] for r in records) / len(records) if records else None
+
+
+def _rate(records) -> float | None:
+    return sum(bool(r["requested"]) for r in records) / len(records) if records else None
+
+
+def _gold_hit(records) -> float | None:
+    """Share of detail questions whose fetched crops include the generator's best crop."""
+    asked = [r for r in records if r["crops"]]
+    if not asked:
+        return None
+    return sum(bool(set(r["crops"]) & set(r["gold_crops"] or [])) for r in asked) / len(asked)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    pct = lambda x: "–" if x is None else f"{100 * x:.1f}"  # noqa: E731
+    lines = ["| configuration | backend | n | accuracy % | detail % | coarse % | RTR | requests % (detail / coarse) "
+             "| parse % | crop ids | median ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        hist = " ".join(f"{k}:{v}" for k, v in r["crop_histogram"].items()) or "–"
+        lines.append(f"| {r['name']} | {r['backend']} | {r['n']} | {pct(r['accuracy'])} | {pct(r['accuracy_detail'])} "
+                     f"| {pct(r['accuracy_coarse'])} | {r['rtr']:.3f} | {pct(r['request_rate_detail'])} / "
+                     f"{pct(r['request_rate_coarse'])} | {pct(r['parse_rate'])} | {hist} "
+                     f"| {r['latency_ms']['median']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> Path | None:
+    """Accuracy against RTR, one point per configuration (matplotlib, from the [bench] extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for r in rows:
+        ax.scatter(r["rtr"], 100 * r["accuracy"], s=40)
+        ax.annotate(r["name"], (r["rtr"], 100 * r["accuracy"]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=7)
+    ax.set_xlabel("retained-token ratio (visual tokens / native single pass)")
+    ax.set_ylabel("exact-match accuracy (%)")
+    ax.set_title("Demo policy on held-out cards")
+    ax.set_xlim(0, max(1.35, max((r["rtr"] for r in rows), default=1) + 0.1))
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["evaluate_demo", "markdown_table", "plot", "ROWS"]
