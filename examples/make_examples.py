@@ -22,25 +22,21 @@ PAGES = [  # (file, seed, index, config)
 CARD_PAGES = [("cards_a.png", 4242, 0), ("cards_b.png", 4242, 1), ("cards_c.png", 4242, 2)]
 
 
-def main() -> None:
-    cards = []
-    for name, seed, index in CARD_PAGES:
-        page = make_card_page(seed, index)
-        page[0].image.save(HERE / name, format="PNG", optimize=True)
-        for s in page:
-            s.image = str(HERE / name)
-        cards.extend(page)
-    write_samples(HERE / "cards_questions.jsonl", cards)
-    print(f"wrote {len(CARD_PAGES)} card pages and {len(cards)} questions to {HERE}")
+def write_pages(pages: list[tuple[str, list]], jsonl: str) -> None:
+    """Save each page's image once and every question of it, pointing at that file, to `jsonl`."""
     samples = []
-    for name, seed, index, cfg in PAGES:
-        page = make_page(seed, index, cfg)
+    for name, page in pages:
         page[0].image.save(HERE / name, format="PNG", optimize=True)
         for s in page:
             s.image = str(HERE / name)
         samples.extend(page)
-    write_samples(HERE / "questions.jsonl", samples)
-    print(f"wrote {len(PAGES)} pages and {len(samples)} questions to {HERE}")
+    write_samples(HERE / jsonl, samples)
+    print(f"wrote {len(pages)} pages and {len(samples)} questions to {HERE / jsonl}")
+
+
+def main() -> None:
+    write_pages([(name, make_card_page(seed, index)) for name, seed, index in CARD_PAGES], "cards_questions.jsonl")
+    write_pages([(name, make_page(seed, index, cfg)) for name, seed, index, cfg in PAGES], "questions.jsonl")
 
 
 if __name__ == "__main__":

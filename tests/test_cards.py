@@ -20,20 +20,27 @@ def test_same_seed_same_pixels_and_record():
     assert not np.array_equal(np.asarray(a.image), np.asarray(make_card_sample(7, 4).image))
 
 
-def test_page_questions_cover_every_card_with_exact_evidence():
-    page = make_card_page(1, 0)
-    assert len(page) == 8 and [s.needs_detail for s in page] == [True] * 4 + [False] * 4
-    reading = page[0].meta["reading"].split(", ")
-    assert len(reading) == 4
+@pytest.mark.parametrize("n_cards", [1, 4])
+def test_page_questions_cover_every_card_with_exact_evidence(n_cards):
+    page = make_card_page(1, 0, CardsConfig(n_cards=n_cards))
+    assert len(page) == 2 * n_cards
+    reading = dict((c[0], c[1:4]) for c in page[0].meta["cards"])
+    assert page[0].meta["reading"].count(",") == n_cards - 1
     for s in page:
         x0, y0, x1, y1 = s.evidence_box
         q = s.crop_ids[0]
-        assert q in ("0", "1", "2", "3")  # each card is exactly one quadrant crop
+        assert q in reading  # each card is exactly one quadrant crop
         l, t, r, b = AWARES_CROPS.pixel_box(q, 224, 224)
         assert l <= x0 < x1 <= r and t <= y0 < y1 <= b
-        colour, letter, code = reading[int(q)].split(" ")
+        colour, letter, code = reading[q]
         assert colour in s.question
         assert s.answers == [code if s.needs_detail else letter]
+
+
+def test_four_card_page_orders_detail_questions_first():
+    page = make_card_page(1, 0, CardsConfig(n_cards=4))
+    assert [s.needs_detail for s in page] == [True] * 4 + [False] * 4
+    assert sorted(c[0] for c in page[0].meta["cards"]) == ["0", "1", "2", "3"]
     assert READ_QUESTION.endswith(".")
 
 
@@ -57,8 +64,9 @@ def test_low_res_view_blurs_the_code_but_keeps_the_letter():
 
 
 def test_page_reading_orders_quadrants():
-    s = make_card_sample(0, 0)
-    assert s.meta["reading"].count(",") == 3
+    s = make_card_sample(0, 0, CardsConfig(n_cards=3))
+    assert s.meta["reading"].count(",") == 2
+    assert [c[0] for c in s.meta["cards"]] == sorted(c[0] for c in s.meta["cards"])
     assert page_reading([]) == ""
 
 

@@ -73,3 +73,62 @@ def test_bad_settings_are_config_errors(tmp_path):
         BaseRunConfig(output=str(tmp_path), native_share=1.5).validate()
     with pytest.raises(ConfigError):
         BaseRunConfig(output=str(tmp_path), steps=0).validate()
+
+
+def test_token_attributes_place_each_digit_in_its_token():
+    from edge_awares.crops import AWARES_CROPS
+    from edge_awares.data.cards import CardsConfig, LETTERS, make_card_sample
+    from edge_awares.train.base import token_attributes
+
+    s = make_card_sample(3, 1, CardsConfig(n_cards=2))
+    cards = s.meta["cards"]
+    page = token_attributes(cards, (8, 8), (224, 224), None, legible=True)
+    assert page.shape == (64, 3)
+    digits = page[:, 2].reshape(8, 8)
+    for q, _, letter, code, (x0, y0, x1, y1) in cards:
+        for k, d in enumerate(code):  # the token under each glyph's centre holds that digit
+            cx, cy = x0 + (k + 0.5) * (x1 - x0) / len(code), (y0 + y1) / 2
+            assert digits[int(cy // 28), int(cx // 28)] == int(d)
+        qr, qc = divmod(int(q), 2)
+        block = page[:, 1].reshape(8, 8)[qr * 4:qr * 4 + 4, qc * 4:qc * 4 + 4]
+        assert (block == LETTERS.index(letter)).all()
+    assert (page[:, 0] == -100).sum() == 32  # the two blank quadrants train nothing
+    q, _, letter, code, _ = cards[0]
+    crop = token_attributes(cards, (4, 4), (224, 224), AWARES_CROPS.pixel_box(q, 224, 224), legible=True)
+    assert sorted(int(v) for v in crop[:, 2] if v != 10) == sorted(int(d) for d in code)
+    low = token_attributes(cards, (4, 4), (224, 224), None, legible=False)
+    assert (low[:, 2] == -100).all() and (low[:, 1] != -100).sum() == 8
+
+
+def test_training_forward_equals_the_session(base_run):
+    """The training batch's forward (transformers computing M-RoPE positions) gives the session's logits: a
+    batch without mm_token_type_ids would silently train on 1-D positions (measured: ~40% logit error)."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from edge_awares.crops import AWARES_CROPS
+    from edge_awares.data.cards import make_card_sample
+    from edge_awares.models import read_checkpoint
+    from edge_awares.protocols import get_protocol
+    from edge_awares.runtimes.reference import TorchBackend
+    from edge_awares.session import Session
+    from edge_awares.tokenizer import TextTokenizer
+    from edge_awares.train.base import Encoder
+
+    info = read_checkpoint(base_run)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(base_run)).eval()
+    session = Session(TorchBackend(model=model), TextTokenizer.from_file(info.path), get_protocol("plain"),
+                      AWARES_CROPS, info.geometry)
+    enc = Encoder(base_run)
+    s = make_card_sample(9, 2)
+    for view in ("native", "lowres"):
+        seen = []
+        session.run(s.image, s.question, crops="none", view=view, max_new_tokens=1,
+                    sampler=lambda logits: seen.append(np.asarray(logits)) or 0)
+        ex = enc.example(s.image, s.question, "7", view)
+        batch = enc.batch([ex, enc.example(s.image, "Read the cards.", s.meta["reading"], "native")])
+        with torch.no_grad():
+            logits = model(**batch).logits[0].numpy()
+        k = ex["labels"].index(next(v for v in ex["labels"] if v != -100))
+        ref = logits[k - 1]
+        assert np.abs(seen[0] - ref).max() <= 1e-4 * np.abs(ref).max()

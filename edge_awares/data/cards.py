@@ -45,6 +45,7 @@ class CardsConfig:
 
     size: int = 224
     detail_share: float = 0.5  # share of code (detail) questions
+    n_cards: int = 1  # cards per page, in random quadrants (the rest stay blank)
     code_len: int = 2
     letter_px: int = 44  # big letter, bold: ~32 px cap height native, ~16 px low-res
     jitter: int = 0  # px of random offset of the letter and the code strip inside a card (0: a fixed layout,
@@ -55,6 +56,7 @@ class CardsConfig:
         checks = [("size", 200 <= self.size <= 2048 and self.size % 2 == 0, "an even number in 200..2048"),
                   ("detail_share", 0.0 <= self.detail_share <= 1.0, "0..1"),
                   ("code_len", 1 <= self.code_len <= 6, "1..6"),
+                  ("n_cards", 1 <= self.n_cards <= 4, "1..4"),
                   ("letter_px", 12 <= self.letter_px <= self.size // 3, f"12..{self.size // 3}"),
                   ("jitter", 0 <= self.jitter <= self.size // 16, f"0..{self.size // 16}")]
         for name, ok, legal in checks:
@@ -87,7 +89,10 @@ def _layout(rng: random.Random, cfg: CardsConfig) -> list[Card]:
     font = _code_font()
     big = _font(cfg.letter_px, BOLD)
     cards = []
+    present = set(rng.sample(range(4), cfg.n_cards))
     for q in range(4):
+        if q not in present:
+            continue
         x0, y0 = (q % 2) * half, (q // 2) * half
         code = "".join(rng.choice("0123456789") for _ in range(cfg.code_len))
         # The letter's ink box, centred in the upper two thirds of the card, jittered.
@@ -140,7 +145,9 @@ def _sample(sid, image, card: Card, question, answer, box, detail, template, cfg
     return Sample(id=sid, image=image, question=question, answers=[answer], evidence_box=tuple(box),
                   needs_detail=detail, crop_ids=get_crop_set(cfg.crop_set).covering(box, cfg.size, cfg.size)[:1],
                   source="cards", meta={"template": template, "width": cfg.size, "height": cfg.size,
-                                        "colour": card.colour, "reading": page_reading(cards)})
+                                        "colour": card.colour, "reading": page_reading(cards),
+                                        "cards": [[c.quadrant, c.colour, c.letter, c.code, list(c.code_box)]
+                                                  for c in cards]})
 
 
 def make_card_sample(seed: int, index: int, cfg: CardsConfig | None = None) -> Sample:

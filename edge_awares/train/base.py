@@ -97,22 +97,25 @@ class Encoder:
         self.geometry = self.protocol.geometry(info.geometry)
         self.im_end = self.tok.token_id(IM_END)
         self.pad = self.tok.token_id("<|endoftext|>")
+        self.image_pad = self.tok.token_id("<|image_pad|>")
 
     def example(self, image, question: str, answer: str, view: str, crop_id: str | None = None,
-                reading: str | None = None) -> dict:
+                cards: list | None = None) -> dict:
         """One example from one view of `image`: native, lowres, or (with `crop_id`) the crop of that id cut
         from the original image, as the runtime's crop turn shows it (at native density, or halved for lowres)."""
         p, g = self.protocol, self.geometry
+        crop_box, page = None, image
         if crop_id is not None:
-            image = crop_views(image, AWARES_CROPS, [crop_id], g)[0].source
+            crop = crop_views(image, AWARES_CROPS, [crop_id], g)[0]
+            image, crop_box = crop.source, crop.box
         first = native_view(image, g) if view == "native" else p.first_view(image, g)
         pieces = conversation_pieces(p.system_prompt(AWARES_CROPS), p.tools(AWARES_CROPS), [p.user_turn(first, question)])
         prompt = encode(pieces, self.tok).ids.tolist()
         target = self.tok.encode(answer) + [self.im_end]
         out = {"ids": prompt + target, "labels": [-100] * len(prompt) + target,
                "pixels": first.pixel_values(), "thw": first.grid_thw}
-        if reading is not None:
-            out["aux"] = token_attributes(reading, first.merged_hw, crop_id, legible=view == "native")
+        if cards is not None:
+            out["aux"] = token_attributes(cards, first.merged_hw, page.size, crop_box, legible=view == "native")
         return out
 
     def batch(self, examples: list[dict]) -> dict:
@@ -125,7 +128,11 @@ class Encoder:
             ids[i, :k] = torch.tensor(e["ids"])
             labels[i, :k] = torch.tensor(e["labels"])
             mask[i, :k] = 1
+        # transformers (5.x) computes Qwen2.5-VL's M-RoPE positions only when told which tokens are image tokens;
+        # without `mm_token_type_ids` it silently falls back to 1-D text positions, and a model trained so reads
+        # badly under the runtime's (correct) 3-D positions.
         out = {"input_ids": ids, "labels": labels, "attention_mask": mask,
+               "mm_token_type_ids": (ids == self.image_pad).int(),
                "pixel_values": torch.from_numpy(np.concatenate([e["pixels"] for e in examples])),
                "image_grid_thw": torch.tensor([e["thw"] for e in examples], dtype=torch.long)}
         if all("aux" in e for e in examples):
@@ -133,20 +140,35 @@ class Encoder:
         return out
 
 
-def token_attributes(reading: str, merged_hw: tuple[int, int], crop_id: str | None, legible: bool) -> np.ndarray:
-    """Per visual token of a card page (or of one card's crop): the attributes of the card under it, as class
-    ids [colour, letter, digit 1..k] (int64, [n_tokens, 2 + k]); the digits are -100 (not trained) when the view
-    cannot show them (the low-res view). Targets of the auxiliary vision loss (see `AuxHeads`)."""
-    cards = [c.split(" ") for c in reading.split(", ")]
+def token_attributes(cards: list, merged_hw: tuple[int, int], page_size: tuple[int, int],
+                     crop_box: tuple[int, int, int, int] | None, legible: bool) -> np.ndarray:
+    """Per visual token, the targets of the auxiliary vision loss (see `AuxHeads`), int64 [n_tokens, 3]:
+    [colour, letter, digit]. Colour and letter: those of the card under the token's centre (-100 on a blank
+    quadrant). Digit: the code digit whose glyph centre lies in the token, 10 for none, -100 in a view that
+    cannot show digits (the low-res view). `cards` is a card sample's meta["cards"]; `crop_box` the pixel box
+    the view shows (None: the whole page)."""
     h, w = merged_hw
-    k = len(cards[0][2])
+    pw, ph = page_size
+    x0, y0, x1, y1 = crop_box or (0, 0, pw, ph)
+    sx, sy = (x1 - x0) / w, (y1 - y0) / h  # page pixels per token
+    by_quadrant = {int(c[0]): i for i, c in enumerate(cards)}
+    digit = np.full((h, w), 10 if legible else -100, dtype=np.int64)
+    if legible:
+        for _, _, _, code, (bx0, by0, bx1, by1) in cards:
+            step = (bx1 - bx0) / len(code)
+            for k, d in enumerate(code):
+                r, c = int(((by0 + by1) / 2 - y0) // sy), int((bx0 + (k + 0.5) * step - x0) // sx)
+                if 0 <= r < h and 0 <= c < w:
+                    digit[r, c] = int(d)
     rows = []
     for r in range(h):
         for c in range(w):
-            q = int(crop_id) if crop_id is not None else (2 if r >= h / 2 else 0) + (1 if c >= w / 2 else 0)
-            colour, letter, code = cards[q]
-            digits = [int(d) for d in code] if legible else [-100] * k
-            rows.append([COLOUR_NAMES.index(colour), LETTERS.index(letter), *digits])
+            px, py = x0 + (c + 0.5) * sx, y0 + (r + 0.5) * sy
+            i = by_quadrant.get(2 * int(py >= ph / 2) + int(px >= pw / 2))
+            if i is None:
+                rows.append([-100, -100, digit[r, c]])
+            else:
+                rows.append([COLOUR_NAMES.index(cards[i][1]), LETTERS.index(cards[i][2]), digit[r, c]])
     return np.asarray(rows, dtype=np.int64)
 
 
@@ -158,18 +180,19 @@ class AuxHeads(torch.nn.Module):
     A dense per-token target teaches the tower to put each card's attributes into its tokens; the heads are
     dropped after pretraining (the saved checkpoint is a plain Qwen2.5-VL)."""
 
-    def __init__(self, hidden: int, code_len: int):
+    def __init__(self, hidden: int):
         super().__init__()
         self.colour = torch.nn.Linear(hidden, len(COLOUR_NAMES))
         self.letter = torch.nn.Linear(hidden, len(LETTERS))
-        self.digits = torch.nn.Linear(hidden, 10 * code_len)
-        self.code_len = code_len
+        self.digit = torch.nn.Linear(hidden, 11)  # 0-9, or no digit in this token
 
     def loss(self, feats: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":
-        ce = torch.nn.functional.cross_entropy
-        d = self.digits(feats).view(-1, self.code_len, 10)
-        return (ce(self.colour(feats), target[:, 0]) + ce(self.letter(feats), target[:, 1])
-                + ce(d.reshape(-1, 10), target[:, 2:].reshape(-1), ignore_index=-100))
+        ce = lambda logits, t: torch.nn.functional.cross_entropy(logits, t, ignore_index=-100)  # noqa: E731
+        total = feats.new_zeros(())
+        for head, col in ((self.colour, 0), (self.letter, 1), (self.digit, 2)):
+            if (target[:, col] != -100).any():
+                total = total + ce(head(feats), target[:, col])
+        return total
 
 
 def evaluate_views(model, model_dir: Path, samples: list, views=("native", "lowres", "card")) -> dict:
@@ -231,7 +254,7 @@ def train_base(cfg: BaseRunConfig, log=print) -> Path:
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(out), dtype=torch.float32).train()
     enc = Encoder(out)
     n_params = sum(p.numel() for p in model.parameters())
-    heads = AuxHeads(model.config.get_text_config().hidden_size, cards.code_len)
+    heads = AuxHeads(model.config.get_text_config().hidden_size)
     captured = {}
     model.model.visual.register_forward_hook(lambda mod, inp, out: captured.__setitem__("feats", out.pooler_output))
     params = list(model.named_parameters()) + [("aux." + n, p) for n, p in heads.named_parameters()]
@@ -250,17 +273,19 @@ def train_base(cfg: BaseRunConfig, log=print) -> Path:
         for _ in range(cfg.batch_size):
             s = make_card_sample(cfg.data_seed, index, cards)
             index += 1
-            view = "native" if rng.random() < cfg.native_share else "lowres"
-            u, reading = rng.random(), s.meta["reading"]
+            # Curriculum phase 1 shows single cards at native resolution only: a clean reading signal.
+            native = step < cfg.card_steps or rng.random() < cfg.native_share
+            view = "native" if native else "lowres"
+            u, reading, on_page = rng.random(), s.meta["reading"], s.meta["cards"]
             if step < cfg.card_steps:  # curriculum phase 1: every example is one card
                 u = cfg.read_share
             if u < cfg.read_share:
-                examples.append(enc.example(s.image, READ_QUESTION, reading, view, reading=reading))
+                examples.append(enc.example(s.image, READ_QUESTION, reading, view, cards=on_page))
             elif u < cfg.read_share + cfg.card_share:
                 examples.append(enc.example(s.image, s.question, s.answers[0], view, crop_id=s.crop_ids[0],
-                                            reading=reading))
+                                            cards=on_page))
             else:
-                examples.append(enc.example(s.image, s.question, s.answers[0], view, reading=reading))
+                examples.append(enc.example(s.image, s.question, s.answers[0], view, cards=on_page))
         batch = enc.batch(examples)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg)
