@@ -19,7 +19,7 @@ PAGES = [  # (file, seed, index, config)
     ("page_672x448.png", 2024, 7, SynthConfig(width=672, height=448)),
 ]
 
-CARD_PAGES = [("cards_a.png", 4242, 0), ("cards_b.png", 4242, 1), ("cards_c.png", 4242, 2)]
+CARD_PAGES = [(f"cards_{c}.png", 4242, i) for i, c in enumerate("abcd")]
 
 
 def write_pages(pages: list[tuple[str, list]], jsonl: str) -> None:

@@ -21,7 +21,7 @@ from edge_awares.cli import cli
 from edge_awares.data.format import read_samples
 
 ROOT = Path(__file__).resolve().parents[1]
-README_IMAGE, README_QUESTION, README_ANSWER = "examples/cards_a.png", "What is the code on the orange card?", "06"
+README_IMAGE, README_QUESTION, README_ANSWER = "examples/cards_a.png", "What is the code on the orange card?", "62"
 
 pytestmark = pytest.mark.skipif(demo_engine() is None, reason="no shipped demo engine in this checkout "
                                 "(edge-awares train demo --ship builds it)")
@@ -70,7 +70,8 @@ def test_profile_defaults_to_the_demo_engine():
                                    "--warmup", "0", "--json"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.output.strip().splitlines()[-1])
-    assert report["engine"] == str(DEMO_ENGINE) or DEMO_ENGINE.name in json.dumps(report)
+    assert report["config"]["engine"] == str(DEMO_ENGINE) and report["backend"] == "onnx"
+    assert report["answer"] == README_ANSWER and report["crops"] == ["0"]
 
 
 def test_default_ask_is_torch_free():

@@ -47,7 +47,7 @@ class DemoConfig:
     sft_lr: float = 5e-4
     sft_batch: int = 8
     grpo_steps: int = 120
-    grpo_lr: float = 2e-5
+    grpo_lr: float = 5e-5
     grpo_generations: int = 8
     grpo_prompts_per_step: int = 2
     both_wrong: str = "drop"  # curation label when low-res and native answers are both wrong
@@ -110,9 +110,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         timed("base", lambda: train_base(BaseRunConfig(
             output=str(base), steps=cfg.base_steps, batch_size=cfg.base_batch, lr=cfg.base_lr, seed=cfg.seed,
             threads=cfg.threads), log=log))
-        b = json.loads((base / "base_run.json").read_text())
-        rec.stage("base", parameters=b["parameters"], examples_seen=b["examples_seen"],
-                  final_loss=sum(b["loss"][-100:]) / len(b["loss"][-100:]), evals=b["evals"][-1:])
+    _record_base(rec, base)
 
     # 2. data
     from ..data.cards import write_cards
@@ -146,7 +144,6 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
             model=str(base), data=str(cur / "trajectories.jsonl"), output=str(sft), lora=False, lr=cfg.sft_lr,
             epochs=cfg.sft_epochs, batch_size=cfg.sft_batch, warmup_ratio=0.05, seed=cfg.seed, save_strategy="no",
             logging_steps=20, val_fraction=0.05, val_samples=64, eval_metric="exact"), log=log))
-        rec.stage("sft", metrics=_last_metrics(sft))
 
     # 5. GRPO
     grpo = out / "grpo"
@@ -161,7 +158,9 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
             max_steps=cfg.grpo_steps, num_generations=cfg.grpo_generations,
             prompts_per_step=cfg.grpo_prompts_per_step, answer_metric="exact", seed=cfg.seed, save_strategy="no",
             logging_steps=10, val_fraction=0.05, val_samples=64, eval_metric="exact"), log=log))
-        rec.stage("grpo", metrics=_last_metrics(grpo))
+
+    for name, folder in (("sft", sft), ("grpo", grpo)):  # the last validation through Session, from the run log
+        rec.stage(name, metrics=_last_metrics(folder))
 
     # 6. engines
     from ..export.engine import ExportConfig, export_engine
@@ -200,9 +199,17 @@ def ship_engine(src: Path, dst: Path) -> None:
     tmp.replace(dst)
 
 
+def _record_base(rec: "_Record", base: Path) -> None:
+    """The base run's own record (base_run.json): its config, size, final loss and last per-view accuracy."""
+    b = json.loads((base / "base_run.json").read_text())
+    rec.stage("base", config=b["config"], parameters=b["parameters"], examples_seen=b["examples_seen"],
+              train_seconds=b["seconds"], final_loss=round(sum(b["loss"][-100:]) / len(b["loss"][-100:]), 4),
+              evals=b["evals"][-1:])
+
+
 def _last_metrics(run_out: Path) -> dict:
     """The last evaluation the run log recorded (val/ metrics through Session)."""
-    log = run_out / "run" / "log.jsonl"
+    log = run_out / "run" / "metrics.jsonl"
     last = {}
     if log.is_file():
         for line in log.read_text().splitlines():

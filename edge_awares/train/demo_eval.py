@@ -108,10 +108,12 @@ def plot(rows: list[dict], path: Path) -> Path | None:
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    points: dict[tuple[float, float], list[str]] = {}  # configurations that land on the same point share a label
     for r in rows:
-        ax.scatter(r["rtr"], 100 * r["accuracy"], s=40)
-        ax.annotate(r["name"], (r["rtr"], 100 * r["accuracy"]), textcoords="offset points", xytext=(5, 4),
-                    fontsize=7)
+        points.setdefault((round(r["rtr"], 3), round(100 * r["accuracy"], 1)), []).append(r["name"])
+    for (x, y), names in points.items():
+        ax.scatter(x, y, s=40)
+        ax.annotate("\n".join(names), (x, y), textcoords="offset points", xytext=(6, -4 * len(names)), fontsize=7)
     ax.set_xlabel("retained-token ratio (visual tokens / native single pass)")
     ax.set_ylabel("exact-match accuracy (%)")
     ax.set_title("Demo policy on held-out cards")
