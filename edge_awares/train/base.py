@@ -11,7 +11,11 @@ model is trained on exactly the token layout `Session.run(view=...)` feeds it. T
 not TRL's SFTTrainer: samples are generated on the fly (an endless stream, no dataset to materialise) and the
 per-step cost of TRL's processor round trip would dominate at this model size.
 
-    edge-awares train base -o OUT [--steps 6000]
+What made a from-scratch model read within the CPU budget (measured, see the issue #6 note): M-RoPE positions
+(`mm_token_type_ids`, see Encoder.batch), a curriculum (single-card crops at native resolution first, then
+pages), and an auxiliary per-token loss on the vision tower (AuxHeads).
+
+    edge-awares train base -o OUT [--steps 4000]
 """
 
 from __future__ import annotations
