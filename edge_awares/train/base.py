@@ -278,18 +278,15 @@ def train_base(cfg: BaseRunConfig, log=print) -> Path:
             s = make_card_sample(cfg.data_seed, index, cards)
             index += 1
             # Curriculum phase 1 shows single cards at native resolution only: a clean reading signal.
-            native = step < cfg.card_steps or rng.random() < cfg.native_share
-            view = "native" if native else "lowres"
-            u, reading, on_page = rng.random(), s.meta["reading"], s.meta["cards"]
-            if step < cfg.card_steps:  # curriculum phase 1: every example is one card
-                u = cfg.read_share
-            if u < cfg.read_share:
-                examples.append(enc.example(s.image, READ_QUESTION, reading, view, cards=on_page))
-            elif u < cfg.read_share + cfg.card_share:
-                examples.append(enc.example(s.image, s.question, s.answers[0], view, crop_id=s.crop_ids[0],
-                                            cards=on_page))
-            else:
-                examples.append(enc.example(s.image, s.question, s.answers[0], view, cards=on_page))
+            # (The draws stay in this order, so a seed gives the same example stream as before.)
+            phase1 = step < cfg.card_steps
+            view = "native" if phase1 or rng.random() < cfg.native_share else "lowres"
+            u = rng.random()
+            kind = "card" if phase1 or cfg.read_share <= u < cfg.read_share + cfg.card_share else (
+                "read" if u < cfg.read_share else "page")
+            question, answer = (READ_QUESTION, s.meta["reading"]) if kind == "read" else (s.question, s.answers[0])
+            examples.append(enc.example(s.image, question, answer, view, cards=s.meta["cards"],
+                                        crop_id=s.crop_ids[0] if kind == "card" else None))
         batch = enc.batch(examples)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg)
@@ -309,9 +306,7 @@ def train_base(cfg: BaseRunConfig, log=print) -> Path:
                 f"lr {_lr_at(step, cfg):.2e} "
                 f"{(time.perf_counter() - t0) / (step + 1):.2f} s/step")
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            model.eval()
-            m = evaluate_views(model, out, val)
-            model.train()
+            m = evaluate_views(model, out, val)  # restores training mode
             evals.append({"step": step + 1, **m})
             log(f"eval @ {step + 1}: " + " ".join(f"{k} {v:.3f}" for k, v in m.items()))
     model.eval()

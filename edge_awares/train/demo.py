@@ -24,7 +24,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -54,7 +54,6 @@ class DemoConfig:
     eval_limit: int | None = None
     fresh: bool = False
     ship: bool = False
-    stages: dict = field(default_factory=dict)
 
     def validate(self) -> "DemoConfig":
         for name in ("base_steps", "n_train", "n_test", "grpo_steps"):
@@ -71,7 +70,7 @@ class _Record:
     def __init__(self, cfg: DemoConfig):
         self.path = Path(cfg.output) / "demo_run.json"
         self.data = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        self.data["config"] = {k: v for k, v in asdict(cfg).items() if k != "stages"}
+        self.data["config"] = asdict(cfg)
         self.data.setdefault("stages", {})
 
     def stage(self, name: str, **info) -> None:

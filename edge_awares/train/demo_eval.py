@@ -35,6 +35,7 @@ def evaluate_demo(run_dir: str | Path, results_dir: str | Path | None = None, li
     res = Path(results_dir) if results_dir else run / "eval"
     res.mkdir(parents=True, exist_ok=True)
     data = str(run / "data" / "test")
+    (run / "eval").mkdir(parents=True, exist_ok=True)
     rows = []
     for name, what, opts in ROWS:
         target = run / what
@@ -42,11 +43,13 @@ def evaluate_demo(run_dir: str | Path, results_dir: str | Path | None = None, li
             log(f"skip {name}: {target} missing")
             continue
         kind = "engine" if what.startswith("engine") else "model"
-        cfg = EvalConfig(data=data, metric="exact", limit=limit, max_new_tokens=24, **{kind: str(target)}, **opts)
+        records = run / "eval" / (f"records-{what}{'-' + opts['crops'] if opts.get('crops') else ''}"
+                                  f"{'-native' if opts.get('native') else ''}.jsonl")
+        cfg = EvalConfig(data=data, metric="exact", limit=limit, max_new_tokens=24, out=str(records),
+                         **{kind: str(target)}, **opts)
         report = evaluate(cfg, progress=False)
-        rec = report.to_dict(with_records=True)
-        by = {"detail": [r for r in rec["records"] if r["needs_detail"]],
-              "coarse": [r for r in rec["records"] if not r["needs_detail"]]}
+        by = {"detail": [r for r in report.records if r["needs_detail"]],
+              "coarse": [r for r in report.records if not r["needs_detail"]]}
         row = {"name": name, "backend": "onnxruntime" if kind == "engine" else "torch", "n": report.n,
                "accuracy": report.accuracy, "rtr": report.rtr, "request_rate": report.request_rate,
                "parse_rate": report.parse_rate, "crop_histogram": report.crop_histogram,
@@ -57,11 +60,6 @@ def evaluate_demo(run_dir: str | Path, results_dir: str | Path | None = None, li
         rows.append(row)
         log(f"{name}: accuracy {row['accuracy']:.3f} rtr {row['rtr']:.3f} requests {row['request_rate']:.2f} "
             f"parse {row['parse_rate']:.2f} median {row['latency_ms']['median']:.1f} ms")
-        (run / "eval").mkdir(parents=True, exist_ok=True)
-        with open(run / "eval" / f"records-{what}{'-' + opts.get('crops', '') if opts.get('crops') else ''}"
-                        f"{'-native' if opts.get('native') else ''}.jsonl", "w") as f:
-            for r in rec["records"]:
-                f.write(json.dumps(r) + "\n")
     (res / "demo_eval.json").write_text(json.dumps({"data": data, "rows": rows}, indent=1))
     (res / "demo_eval.md").write_text(markdown_table(rows))
     plot(rows, res / "demo_eval.png")
