@@ -26,9 +26,10 @@ class AskConfig:
     engine: str | None = None  # engine directory (torch-free runtime)
     protocol: str | None = None  # None: the engine's own protocol, or tool_call for a checkpoint
     crops: str = "model"
-    max_new_tokens: int = 64
-    max_crop_turns: int = 1
-    max_context: int = 4096
+    # None: the engine's stored limits, else SessionConfig's defaults (one place for every default)
+    max_new_tokens: int | None = None
+    max_crop_turns: int | None = None
+    max_context: int | None = None
     temperature: float = 0.0
     seed: int | None = None
     provider: str = "cpu"
@@ -41,16 +42,22 @@ class AskConfig:
             raise PromptError("the question is empty")
         if self.protocol is not None and self.protocol not in PROTOCOLS:
             raise ConfigError(f"unknown protocol {self.protocol!r}; legal: {', '.join(PROTOCOLS)}")
-        if self.max_new_tokens < 1:
-            raise ConfigError("--max-new-tokens must be at least 1")
-        if self.max_crop_turns < 0:
-            raise ConfigError("--max-crop-turns must be 0 or more")
-        if self.max_context < 64:
-            raise ConfigError("--max-context must be at least 64")
+        check_limits(self.max_new_tokens, self.max_crop_turns, self.max_context)
         if self.temperature < 0:
             raise ConfigError("--temperature must be 0 or more")
         parse_crop_policy(self.crops, AWARES_CROPS)
         return self
+
+
+def check_limits(max_new_tokens: int | None = None, max_crop_turns: int | None = None,
+                 max_context: int | None = None) -> None:
+    """ConfigError for a generation limit outside its legal range (None: unset, checked later by the engine)."""
+    if max_new_tokens is not None and not 1 <= max_new_tokens <= 1 << 16:
+        raise ConfigError("--max-new-tokens must lie in [1, 65536]")
+    if max_crop_turns is not None and not 0 <= max_crop_turns <= 16:
+        raise ConfigError("--max-crop-turns must lie in [0, 16]")
+    if max_context is not None and not 64 <= max_context <= 1 << 20:
+        raise ConfigError("--max-context must lie in [64, 1048576]")
 
 
 # The demo policy this project trains itself (edge-awares train demo --ship): an int8 ONNX engine of a ~3M-parameter
@@ -80,12 +87,13 @@ def default_tiny_checkpoint() -> Path:
 
 def open_session(model: str | Path | None = None, engine: str | Path | None = None, protocol: str | None = None,
                  config: SessionConfig | None = None, provider: str = "cpu", crop_set: CropSet = AWARES_CROPS,
-                 **protocol_options) -> Session:
-    """A Session over a checkpoint (torch reference backend) or an engine directory."""
+                 overrides: dict | None = None, **protocol_options) -> Session:
+    """A Session over a checkpoint (torch reference backend) or an engine directory. `config` None: the
+    engine's stored generation limits (or SessionConfig's defaults); `overrides` replace its fields not None."""
     if engine is not None:
-        from .runtimes.onnx import open_engine_session  # noqa: F401  (engine backends arrive with issue #3)
+        from .runtimes.onnx import open_engine_session
 
-        return open_engine_session(engine, protocol=protocol, config=config, provider=provider)
+        return open_engine_session(engine, protocol=protocol, config=config, provider=provider, overrides=overrides)
     from .models import read_checkpoint
     from .runtimes.reference import TorchBackend
     from .tokenizer import TextTokenizer
@@ -93,6 +101,7 @@ def open_session(model: str | Path | None = None, engine: str | Path | None = No
     info = read_checkpoint(model)
     backend = TorchBackend(info.path)
     proto = get_protocol(protocol or info.protocol_name(DEFAULT_PROTOCOL), **protocol_options)
+    config = (config or SessionConfig()).with_overrides(**(overrides or {}))
     return Session(backend, TextTokenizer.from_file(info.path), proto, crop_set, info.geometry, config)
 
 
@@ -110,6 +119,7 @@ def ask(cfg: AskConfig, session: Session | None = None) -> SessionResult:
             else:
                 model = str(default_tiny_checkpoint())
         session = open_session(model=model, engine=engine, protocol=cfg.protocol, provider=cfg.provider,
-                               config=SessionConfig(cfg.max_new_tokens, cfg.max_crop_turns, cfg.max_context))
+                               overrides={"max_new_tokens": cfg.max_new_tokens, "max_crop_turns": cfg.max_crop_turns,
+                                          "max_context": cfg.max_context})
     sampler = Sampler(cfg.temperature, seed=cfg.seed)
     return session.run(image, cfg.question, crops=cfg.crops, sampler=sampler)

@@ -31,9 +31,10 @@ def cli():
               help=f"Default: the engine's own protocol; {DEFAULT_PROTOCOL} for --model.")
 @click.option("--crops", default="model", show_default=True,
               help="Crop policy: model, none (low-res only), all, or crop ids such as 0,4.")
-@click.option("--max-new-tokens", type=int, default=64, show_default=True)
-@click.option("--max-crop-turns", type=int, default=1, show_default=True)
-@click.option("--max-context", type=int, default=4096, show_default=True, help="KV-cache capacity in tokens.")
+@click.option("--max-new-tokens", type=int, default=None, help="Per turn (default: the engine's, else 64).")
+@click.option("--max-crop-turns", type=int, default=None, help="Default: the engine's, else 1.")
+@click.option("--max-context", type=int, default=None, help="KV-cache capacity in tokens (default: the engine's, "
+              "else 4096).")
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
 @click.option("--seed", type=int, default=None)
 @click.option("--provider", default="cpu", show_default=True, help="Execution provider for --engine.")
@@ -95,23 +96,42 @@ def tiny(out_dir, preset, seed):
 @click.option("--protocol", type=click.Choice(sorted(PROTOCOLS)), default=None,
               help="The protocol the policy was trained with (stored in the manifest). Default: from the "
                    f"checkpoint's edge_awares_policy.json, else {DEFAULT_PROTOCOL}.")
-@click.option("--vision-precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
-              help="Vision encoder precision (default: as --precision; int8 Q/DQ for int4).")
+@click.option("--vision-precision", type=click.Choice(["fp32", "fp16", "int8", "int8-qdq"]), default=None,
+              help="Vision encoder precision (default: as --precision; int8 for int4). int8-qdq: static Q/DQ "
+                   "calibrated on --calib-images (the form TensorRT reads).")
 @click.option("--calib-images", multiple=True, type=click.Path(),
-              help="Images (or folders of images) to calibrate int8 vision on; repeatable. Default: synthetic.")
+              help="Images (or folders) for int8-qdq calibration and the acceptance check; repeatable.")
 @click.option("--int4-block-size", type=int, default=32, show_default=True)
-@click.option("--max-context", type=int, default=4096, show_default=True, help="Default KV-cache capacity.")
+@click.option("--int4-accuracy-level", type=int, default=4, show_default=True,
+              help="MatMulNBits compute type: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8.")
+@click.option("--max-context", type=int, default=None, help="Default KV-cache capacity stored in the engine "
+              "(default: the runtime's, 4096).")
+@click.option("--reference", type=click.Choice(["auto", "resident", "streamed"]), default="auto", show_default=True,
+              help="The float32 reference during verification: resident (fast) or streamed module by module "
+                   "(one module's memory); auto streams above 2 GiB.")
+@click.option("--memory-budget", "memory_budget", type=float, default=None,
+              help="GiB the export may use (default: the memory available now); refused above it.")
+@click.option("--min-top1", type=float, default=None, help="Acceptance gate: minimum top-1 agreement.")
+@click.option("--max-rel-logit-err", type=float, default=None, help="Acceptance gate: maximum relative logit error.")
+@click.option("--no-gate", is_flag=True, help="Record a quantized engine's deviation instead of enforcing the gate.")
 @click.option("--force", is_flag=True, help="Replace an existing engine directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest's verification and sizes as JSON.")
 def export_cmd(checkpoint, output, precision, protocol, vision_precision, calib_images, int4_block_size,
-               max_context, force, as_json):
-    """Export CHECKPOINT (a Hugging Face Qwen2.5-VL folder) to a verified ONNX engine directory."""
+               int4_accuracy_level, max_context, reference, memory_budget, min_top1, max_rel_logit_err, no_gate,
+               force, as_json):
+    """Export CHECKPOINT (a Hugging Face Qwen2.5-VL folder) to a verified ONNX engine directory.
+
+    Weights stream from safetensors one tensor at a time; the memory plan is printed first and the export is
+    refused if the machine cannot hold it. Quantized engines must pass their acceptance gate."""
     from .export.engine import ExportConfig, expand_images, export_engine
     from .manifest import load_manifest
 
     cfg = ExportConfig(checkpoint=checkpoint, output=output, precision=precision, protocol=protocol,
                        vision_precision=vision_precision, calib_images=expand_images(calib_images),
-                       int4_block_size=int4_block_size, max_context=max_context, force=force).validate()
+                       int4_block_size=int4_block_size, int4_accuracy_level=int4_accuracy_level,
+                       max_context=max_context, reference=reference, memory_budget_gb=memory_budget,
+                       min_top1=min_top1, max_rel_logit_err=max_rel_logit_err, gate=not no_gate,
+                       force=force).validate()
     log = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
     path = export_engine(cfg, log=log)
     m = load_manifest(path, check_files=False).data
@@ -132,8 +152,8 @@ def export_cmd(checkpoint, output, precision, protocol, vision_precision, calib_
 @click.option("--crops", default="model", show_default=True, help="Crop policy: model, none, all, or ids such as 0,4.")
 @click.option("--runs", type=int, default=5, show_default=True)
 @click.option("--warmup", type=int, default=1, show_default=True)
-@click.option("--max-new-tokens", type=int, default=64, show_default=True)
-@click.option("--max-context", type=int, default=4096, show_default=True)
+@click.option("--max-new-tokens", type=int, default=None, help="Per turn (default: the engine's, else 64).")
+@click.option("--max-context", type=int, default=None, help="Default: the engine's, else 4096.")
 @click.option("--provider", default="cpu", show_default=True, help="Execution provider: cpu, cuda, tensorrt.")
 @click.option("--trace", type=click.Path(), default=None, help="Write a Chrome trace (chrome://tracing, Perfetto).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")

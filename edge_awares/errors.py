@@ -57,6 +57,10 @@ class ExportError(EdgeAwaresError):
     failed); nothing was left in the output directory."""
 
 
+class ExportGateError(ExportError):
+    """An exported engine stayed below its precision's acceptance gate (top-1 agreement, logit error)."""
+
+
 class ProviderUnavailableError(BackendUnavailableError):
     """An execution provider (cuda, tensorrt) is not available in the installed onnxruntime build."""
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import ConfigError, DataError
 from .protocols import DEFAULT_PROTOCOL
-from .session import Session, SessionConfig
+from .session import Session
 
 METRICS = ("exact", "anls", "relaxed", "mc", "embedding")
 
@@ -79,7 +79,7 @@ def evaluate(cfg: EvalConfig, session: Session | None = None, progress: bool = T
         from .api import open_session
 
         session = open_session(model=cfg.model, engine=cfg.engine, protocol=cfg.protocol, provider=cfg.provider,
-                               config=SessionConfig(max_new_tokens=cfg.max_new_tokens))
+                               overrides={"max_new_tokens": cfg.max_new_tokens})
     metric = get_metric(cfg.metric)
     records = []
     out = open(cfg.out, "w") if cfg.out else None

@@ -55,9 +55,18 @@ class Sampler:
 
 @dataclass
 class SessionConfig:
+    """Generation limits. These defaults are the toolkit's one source: an engine stores its own at export,
+    and CLI flags left unset keep the engine's (or these)."""
+
     max_new_tokens: int = 64
     max_crop_turns: int = 1
     max_context: int = 4096
+
+    def with_overrides(self, **overrides) -> "SessionConfig":
+        """This config with every override that is not None."""
+        from dataclasses import replace
+
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclass

@@ -3,38 +3,44 @@
     from edge_awares.export.engine import ExportConfig, export_engine
     export_engine(ExportConfig(checkpoint="ckpt/", output="engine/", precision="int4"))
 
-Everything is written into a temporary sibling of the output directory. The fp32 graphs are verified
-against the PyTorch reference first (greedy tokens over both turns must match exactly); a quantized
-precision is then built from them and its deviation measured. Only a complete, verified engine is renamed
-into place, so a failed export leaves nothing behind.
+The graphs are written straight from the checkpoint's tensors at the asked precision, one tensor at a time
+(export/builder.py), after a memory and disk plan says the machine can hold the job (export/plan.py). The
+engine is then checked against the PyTorch reference: the reference runs first and is released, then the
+engine runs the same conversations. fp32 must reproduce the reference's greedy tokens; every precision must
+pass its acceptance gate (GATES: teacher-forced top-1 agreement and relative logit error), else the export
+fails with a typed error. Everything is written into a temporary sibling of the output directory and only a
+complete, verified engine is renamed into place, so a failed export leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 import shutil
 import tempfile
 import time
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edge_awares import __version__
 from edge_awares.crops import AWARES_CROPS, get_crop_set
-from edge_awares.errors import ConfigError, EdgeAwaresError, ExportError
-from edge_awares.manifest import FORMAT, PRECISIONS, SCHEMA_VERSION, file_entry, write_manifest
+from edge_awares.errors import ConfigError, EdgeAwaresError, ExportError, ExportGateError
+from edge_awares.manifest import FORMAT, PRECISIONS, SCHEMA_VERSION, file_entry, load_manifest, write_manifest
 from edge_awares.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
-from edge_awares.runtimes.vision_layout import VISION_INPUTS, VISION_OUTPUT, vision_layout
+from edge_awares.runtimes.vision_layout import VISION_INPUTS, VISION_OUTPUT
 
 from . import verify
 
 OPSET = 18
 # fp32 must reproduce the reference's tokens exactly; logits may differ by float reordering only.
 FP32_REL_TOLERANCE = 1e-3
+# The acceptance gate per precision: (minimum teacher-forced top-1 agreement, maximum relative logit error)
+# against the float32 reference on the verification conversations. Configuration: ExportConfig.min_top1 /
+# max_rel_logit_err (CLI --min-top1 / --max-rel-logit-err) override it for one export.
+GATES = {"fp32": (1.0, FP32_REL_TOLERANCE), "fp16": (0.98, 0.02), "int8": (0.90, 0.10), "int4": (0.75, 0.30)}
+VISION_PRECISIONS = ("fp32", "fp16", "int8", "int8-qdq")
 
 
 @dataclass(frozen=True)
@@ -43,15 +49,22 @@ class ExportConfig:
     output: str
     precision: str = "fp32"
     protocol: str | None = None  # None: the protocol the checkpoint was trained with, else tool_call
-    protocol_options: dict = field(default_factory=dict)
-    crop_set: str = AWARES_CROPS.name
-    vision_precision: str | None = None  # None: as `precision` (int4 -> int8 Q/DQ)
+    protocol_options: dict | None = None  # None: the checkpoint's own (edge_awares_policy.json)
+    crop_set: str | None = None  # None: the checkpoint's own, else AwaRes's ten crops
+    # None: as `precision`, int8 (dynamic, per channel) for int4; int8-qdq: static Q/DQ calibrated on views
+    # (calib_images), the form TensorRT reads for explicit INT8
+    vision_precision: str | None = None
     calib_images: tuple[str, ...] = ()
     int4_block_size: int = 32
     int4_accuracy_level: int = 4
-    max_new_tokens: int = 64
-    max_context: int = 4096
+    max_new_tokens: int | None = None  # None: SessionConfig's default
+    max_context: int | None = None  # None: SessionConfig's default
     verify_tokens: int = 12  # greedy tokens per turn compared against the reference
+    reference: str = "auto"  # auto | resident | streamed (the float32 reference's weights during verification)
+    memory_budget_gb: float | None = None  # None: the memory available when the export starts
+    min_top1: float | None = None  # None: GATES[precision]
+    max_rel_logit_err: float | None = None
+    gate: bool = True  # False: record the deviation only (never for fp32)
     force: bool = False  # replace an existing engine directory
 
     def resolved_vision_precision(self) -> str:
@@ -59,21 +72,41 @@ class ExportConfig:
             return self.vision_precision
         return {"int4": "int8"}.get(self.precision, self.precision)
 
+    def gate_bounds(self) -> tuple[float, float]:
+        top1, rel = GATES[self.precision]
+        return (top1 if self.min_top1 is None else self.min_top1,
+                rel if self.max_rel_logit_err is None else self.max_rel_logit_err)
+
     def validate(self) -> "ExportConfig":
-        if self.vision_precision not in (None, "fp32", "fp16", "int8"):
-            raise ConfigError(f"unknown vision precision {self.vision_precision!r}; legal: fp32, fp16, int8")
+        if self.vision_precision not in (None, *VISION_PRECISIONS):
+            raise ConfigError(f"unknown vision precision {self.vision_precision!r}; legal: {', '.join(VISION_PRECISIONS)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; legal: {', '.join(PRECISIONS)}")
         if self.protocol is not None and self.protocol not in PROTOCOLS:
             raise ConfigError(f"unknown protocol {self.protocol!r}; legal: {', '.join(PROTOCOLS)}")
-        get_crop_set(self.crop_set)
+        if self.crop_set is not None:
+            get_crop_set(self.crop_set)
         if self.int4_block_size not in (16, 32, 64, 128, 256):
             raise ConfigError("--int4-block-size must be one of 16, 32, 64, 128, 256")
+        if self.int4_accuracy_level not in (0, 1, 2, 3, 4):
+            raise ConfigError("--int4-accuracy-level must be 0 (unset), 1 (fp32), 2 (fp16), 3 (bf16) or 4 (int8)")
+        if self.reference not in ("auto", "resident", "streamed"):
+            raise ConfigError("--reference must be auto, resident or streamed")
+        if self.memory_budget_gb is not None and not (0 < self.memory_budget_gb < 1 << 20):
+            raise ConfigError("--memory-budget must be a positive number of GiB")
+        if self.min_top1 is not None and not 0.0 <= self.min_top1 <= 1.0:
+            raise ConfigError("--min-top1 must lie in [0, 1]")
+        if self.max_rel_logit_err is not None and not 0.0 <= self.max_rel_logit_err < float("inf"):
+            raise ConfigError("--max-rel-logit-err must be a finite number >= 0")
+        if not 1 <= self.verify_tokens <= 256:
+            raise ConfigError("verify_tokens must lie in [1, 256]")
         out = Path(self.output)
         if out.exists() and not self.force:
             raise ConfigError(f"{out} already exists; remove it or pass --force")
-        if self.max_context < 64:
-            raise ConfigError("--max-context must be at least 64")
+        if self.max_context is not None and not 64 <= self.max_context <= 1 << 20:
+            raise ConfigError("--max-context must lie in [64, 1048576]")
+        if self.max_new_tokens is not None and not 1 <= self.max_new_tokens <= 1 << 16:
+            raise ConfigError("--max-new-tokens must lie in [1, 65536]")
         for p in self.calib_images:
             if not Path(p).is_file():
                 raise ConfigError(f"calibration image {p} does not exist")
@@ -83,8 +116,9 @@ class ExportConfig:
 def export_engine(cfg: ExportConfig, log=print) -> Path:
     """Build, verify and atomically place an engine directory; returns its path.
 
-    Raises ConfigError / ModelLoadError before any work, ExportError if a graph fails to build or the fp32
-    graphs do not reproduce the reference's tokens. On any failure nothing is left at `cfg.output`.
+    Raises ConfigError (bad options, a plan the machine cannot hold) / ModelLoadError before any work,
+    ExportError if a graph fails to build, the fp32 graphs do not reproduce the reference's tokens, or the
+    engine falls below its acceptance gate. On any failure nothing is left at `cfg.output`.
     """
     from edge_awares.models import read_checkpoint
 
@@ -107,7 +141,7 @@ def export_engine(cfg: ExportConfig, log=print) -> Path:
 
 
 def _publish_permissions(root: Path) -> None:
-    """mkdtemp makes the directory private and onnx writes external data 0600; an engine is shared read-only."""
+    """mkdtemp makes the directory private; an engine is shared read-only."""
     import os
 
     mask = os.umask(0)
@@ -130,188 +164,269 @@ def _place(tmp: Path, out: Path, force: bool) -> None:
         tmp.rename(out)
 
 
+class _Progress:
+    """One progress bar per stage on stderr (rich), silent when stderr is not a terminal."""
+
+    def __init__(self):
+        import sys
+
+        self.live = sys.stderr.isatty()
+
+    def stage(self, label: str, total: int):
+        import contextlib
+
+        if not self.live:
+            return contextlib.nullcontext(lambda n: None)
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        @contextlib.contextmanager
+        def bar():
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=Console(stderr=True), transient=False) as prog:
+                task = prog.add_task(label, total=total)
+                yield lambda n: prog.update(task, completed=n)
+
+        return bar()
+
+
 def _build(cfg: ExportConfig, info, tmp: Path, log) -> None:
-    from edge_awares.runtimes.reference import TorchBackend
+    from edge_awares.session import SessionConfig
+    from edge_awares.weights import WeightSource
+
+    from .builder import Quant, TextShape, VisionShape, build_decoder, build_vision
+    from .plan import GiB, plan_export
 
     t_start = time.perf_counter()
-    reference = TorchBackend(info.path)
-    model = reference.model
-    for p in model.parameters():
-        p.requires_grad_(False)
-    protocol = get_protocol(cfg.protocol or info.protocol_name(DEFAULT_PROTOCOL), **cfg.protocol_options)
-    crop_set = get_crop_set(cfg.crop_set)
-    text = model.config.get_text_config()
-    vcfg = model.config.vision_config
-    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
+    policy = info.policy or {}
+    own_protocol = policy.get("protocol") or {}
+    proto_name = cfg.protocol or own_protocol.get("name", DEFAULT_PROTOCOL)
+    options = cfg.protocol_options
+    if options is None:  # the checkpoint's own options travel with its protocol
+        options = {k: v for k, v in own_protocol.items() if k != "name"} if own_protocol.get("name") == proto_name else {}
+    protocol = get_protocol(proto_name, **options)
+    if cfg.crop_set is not None:
+        crop_set = get_crop_set(cfg.crop_set)
+    elif policy.get("crop_set"):
+        from edge_awares.crops import CropSet
 
-    fp32_dir = tmp / "fp32" if cfg.precision != "fp32" else tmp
-    fp32_dir.mkdir(exist_ok=True)
-    log(f"exporting {info.path} ({info.family.title}) to ONNX ...")
-    vision_files = export_vision(model, fp32_dir / "vision.onnx")
-    decoder_files, kv = export_decoder(model, fp32_dir / "decoder.onnx")
-    table = model.model.language_model.embed_tokens.weight.detach().float().numpy()
-    np.save(fp32_dir / "embed_tokens.npy", table)
-    shutil.copyfile(info.path / "tokenizer.json", fp32_dir / "tokenizer.json")
+        crop_set = CropSet.from_dict(policy["crop_set"])
+    else:
+        crop_set = AWARES_CROPS
+    defaults = SessionConfig()
+    max_context = cfg.max_context or defaults.max_context
+    max_new_tokens = cfg.max_new_tokens or defaults.max_new_tokens
 
+    src = WeightSource(info.path)
+    text = TextShape.from_config(info.config, src)
+    vshape = VisionShape.from_config(info.config)
+    vision_precision = cfg.resolved_vision_precision()
+    plan = plan_export(src, text, vshape, cfg.precision, vision_precision, cfg.int4_block_size, Path(cfg.output),
+                       cfg.reference, int(cfg.memory_budget_gb * GiB) if cfg.memory_budget_gb else None)
+    for line in plan.lines():
+        log(line)
+    plan.check()
+
+    progress = _Progress()
+    q = Quant(cfg.precision, cfg.int4_block_size, cfg.int4_accuracy_level)
+    log(f"writing {info.path} ({info.family.title}) as ONNX: decoder {cfg.precision}, vision {vision_precision} ...")
+    digests: dict = {}
+    vq = Quant("fp32" if vision_precision == "int8-qdq" else vision_precision)
+    with progress.stage("vision blocks", vshape.depth) as tick:
+        vision_files, d = build_vision(src, vshape, tmp / "vision.onnx", vq, tick)
+    digests.update(d)
+    with progress.stage("decoder layers", text.layers) as tick:
+        decoder_files, d, extra = build_decoder(src, text, tmp / "decoder.onnx", q, tick)
+    digests.update(d)
+    vision_quant = {"fp32": "none", "fp16": "fp16", "int8": "dynamic-int8 (weights per channel)"}.get(vision_precision)
+    calibration = None
+    if vision_precision == "int8-qdq":
+        vision_files, calibration = _vision_qdq(cfg, tmp, protocol, crop_set, info, vshape, log)
+        digests.update({f: None for f in vision_files})
+        vision_quant = "qdq-int8"
+    if "embeddings" in extra:
+        embeddings = dict(extra["embeddings"], dtype=_np_name(extra["embeddings"]["dtype"]))
+    else:
+        # A table of its own: untied weights, or a quantized lm_head (then the lookup rows stay float16).
+        dtype = np.float32 if cfg.precision == "fp32" else np.float16
+        table = src.array("model.language_model.embed_tokens.weight", dtype)
+        np.save(tmp / "embed_tokens.npy", table)
+        embeddings = {"file": "embed_tokens.npy", "dtype": _np_name(str(table.dtype)), "shape": list(table.shape)}
+        del table
+    shutil.copyfile(info.path / "tokenizer.json", tmp / "tokenizer.json")
+
+    kv_dtype = "float16" if cfg.precision == "fp16" else "float32"
+    past, present = _kv_names(text.layers)
     model_meta = {
-        "hidden_size": int(text.hidden_size), "vocab_size": int(model.lm_head.out_features),
-        "num_layers": int(text.num_hidden_layers), "num_heads": int(text.num_attention_heads),
-        "num_kv_heads": int(text.num_key_value_heads), "head_dim": head_dim,
-        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "hidden_size": text.hidden, "vocab_size": text.vocab, "num_layers": text.layers, "num_heads": text.heads,
+        "num_kv_heads": text.kv_heads, "head_dim": text.head_dim, "parameters": src.numel,
+        "tied_embeddings": text.tied,
         "vision": {
-            "hidden_size": int(vcfg.hidden_size), "depth": int(vcfg.depth), "num_heads": int(vcfg.num_heads),
-            "patch_size": int(vcfg.patch_size), "merge_size": int(vcfg.spatial_merge_size),
-            "temporal_patch_size": int(vcfg.temporal_patch_size), "window_size": int(vcfg.window_size),
-            "window_patches": (int(vcfg.window_size) // int(vcfg.patch_size)) ** 2,
-            "fullatt_block_indexes": [int(i) for i in vcfg.fullatt_block_indexes],
-            "in_features": 3 * int(vcfg.temporal_patch_size) * int(vcfg.patch_size) ** 2,
-            "out_hidden_size": int(vcfg.out_hidden_size),
+            "hidden_size": vshape.hidden, "depth": vshape.depth, "num_heads": vshape.heads,
+            "patch_size": vshape.patch, "merge_size": vshape.merge, "temporal_patch_size": vshape.temporal,
+            "window_size": vshape.window, "window_patches": (vshape.window // vshape.patch) ** 2,
+            "fullatt_block_indexes": vshape.fullatt, "in_features": vshape.in_features,
+            "out_hidden_size": vshape.out_hidden,
         },
     }
-    tok_ids = _special_tokens(fp32_dir / "tokenizer.json")
-    base = {
+    dec_quant = {"fp32": "none", "fp16": "fp16", "int8": "dynamic-int8 (weights per channel)",
+                 "int4": f"int4 MatMulNBits (block {cfg.int4_block_size}, symmetric, accuracy_level "
+                         f"{cfg.int4_accuracy_level})"}[cfg.precision]
+    tok_ids = _special_tokens(tmp / "tokenizer.json")
+    manifest = {
         "format": FORMAT, "schema_version": SCHEMA_VERSION, "family": info.family.model_type,
-        "precision": "fp32", "model": model_meta, "protocol": protocol.to_dict(), "crop_set": crop_set.to_dict(),
+        "precision": cfg.precision, "model": model_meta, "protocol": protocol.to_dict(), "crop_set": crop_set.to_dict(),
         "geometry": info.geometry.to_dict(), "special_tokens": tok_ids, "tokenizer": "tokenizer.json",
-        "generation": {"max_new_tokens": cfg.max_new_tokens, "max_crop_turns": 1, "max_context": cfg.max_context,
-                       "temperature": 0.0, "stop_tokens": [t for t in ("<|im_end|>", "<|endoftext|>") if t in tok_ids]},
+        "generation": {"max_new_tokens": max_new_tokens, "max_crop_turns": defaults.max_crop_turns,
+                       "max_context": max_context, "temperature": 0.0,
+                       "stop_tokens": [t for t in ("<|im_end|>", "<|endoftext|>") if t in tok_ids]},
         "graphs": {
             "vision": {"file": "vision.onnx", "data_files": vision_files[1:], "inputs": list(VISION_INPUTS),
-                       "outputs": [VISION_OUTPUT], "layout": "window-padded", "quantization": "none"},
-            "decoder": {"file": "decoder.onnx", "data_files": decoder_files[1:], "kv": kv, "quantization": "none",
+                       "outputs": [VISION_OUTPUT], "layout": "window-padded", "quantization": vision_quant},
+            "decoder": {"file": "decoder.onnx", "data_files": decoder_files[1:], "quantization": dec_quant,
+                        "kv": {"layout": "BNSH", "shape": ["batch=1", "num_kv_heads", "capacity", "head_dim"],
+                               "past": past, "present": present, "shared_buffer": True, "dtype": kv_dtype,
+                               "attention": "com.microsoft.GroupQueryAttention",
+                               "length_inputs": ["seqlens_k", "total_sequence_length"]},
                         "inputs": ["inputs_embeds", "position_ids", "seqlens_k", "total_sequence_length"],
                         "outputs": ["logits"], "logits": "last_position", "embeds_dtype": "float32"},
-            "embeddings": {"file": "embed_tokens.npy", "dtype": "float32", "shape": list(table.shape)},
+            "embeddings": embeddings,
         },
         "files": {},
         "provenance": {
             "source_checkpoint": str(info.path), "source_sha256": checkpoint_hash(info.path),
-            "toolkit": f"edge-awares {__version__}", "exporter": f"torch.onnx.export (TorchScript), opset {OPSET}",
+            "toolkit": f"edge-awares {__version__}", "exporter": f"edge_awares.export.builder (streaming), opset {OPSET}",
             "versions": _versions(), "options": _options(cfg), "created_unix": int(time.time()),
+            "vision_precision": vision_precision, "plan": plan.to_dict(),
         },
         "verification": {},
     }
+    if calibration:
+        manifest["provenance"]["calibration"] = calibration
+    manifest = _finalise(tmp, manifest, digests)
+    build_s = time.perf_counter() - t_start
+    log(f"graphs written in {build_s:.0f} s; verifying against the PyTorch reference ({plan.reference}) ...")
 
-    # 1. fp32 graphs against the reference: exact greedy tokens, tiny logit error.
-    fp32_manifest = _finalise(fp32_dir, base)
-    dev = _verify(reference, fp32_dir, protocol, cfg)
-    log(f"fp32 vs PyTorch: tokens {'equal' if dev.tokens_equal else 'DIFFER'}, max |dlogit| "
-        f"{dev.max_abs_logit_err:.2e} (rel {dev.rel_logit_err:.2e}) over {dev.positions} positions")
-    if not dev.tokens_equal and dev.ties_only and dev.rel_logit_err <= FP32_REL_TOLERANCE:
-        # A greedy near-tie (random or very flat logits) flipped by float reordering: recorded, not fatal.
-        log(f"note: tokens differ only at near-ties (gaps {dev.flip_gaps}); logits agree to {dev.max_abs_logit_err:.1e}")
-    elif not dev.tokens_equal or dev.rel_logit_err > FP32_REL_TOLERANCE:
-        raise ExportError(f"the fp32 ONNX graphs do not reproduce the PyTorch reference (tokens equal: "
-                          f"{dev.tokens_equal}, relative logit error {dev.rel_logit_err:.2e}, tolerance "
-                          f"{FP32_REL_TOLERANCE}): {dev.details}")
-    fp32_size = sum(f["bytes"] for f in fp32_manifest["files"].values())
-    verification = {"reference": "transformers (PyTorch) fp32", "question": verify.QUESTION,
-                    "crop_policies": list(verify.CROP_POLICIES), "max_new_tokens": cfg.verify_tokens,
-                    "fp32": _dev_record(dev)}
-
-    manifest = dict(base)
-    if cfg.precision != "fp32":
-        log(f"quantizing to {cfg.precision} ...")
-        manifest = _quantize(cfg, base, fp32_dir, tmp, protocol, crop_set, info, log)
-        shutil.rmtree(fp32_dir)
-        manifest = _finalise(tmp, manifest)
-        qdev = _verify(reference, tmp, protocol, cfg)
-        verification["candidate"] = _dev_record(qdev)
-        log(f"{cfg.precision} vs PyTorch fp32: token agreement {qdev.token_agreement:.2%}, teacher-forced top-1 "
-            f"{qdev.top1_agreement:.2%}, max |dlogit| {qdev.max_abs_logit_err:.3g} (rel {qdev.rel_logit_err:.2%})")
-    else:
-        verification["candidate"] = verification["fp32"]
-    cand = verification["candidate"]
-    # Bounds a re-run of the verification must stay within (tests and `edge-awares verify` check them);
-    # slack covers thread-count and instruction-set differences between machines.
-    verification["bounds"] = {
-        "rel_logit_err": max(2 * cand["rel_logit_err"], 1e-4 if cfg.precision == "fp32" else 0.02),
-        "top1_agreement": min(cand["top1_agreement"], 1.0) * (1.0 if cfg.precision == "fp32" else 0.8),
-        "tokens_equal": cfg.precision == "fp32" and cand["tokens_equal"],
+    dev = _verify(info, tmp, protocol, cfg, plan.reference, log)
+    top1_min, rel_max = cfg.gate_bounds()
+    log(f"{cfg.precision} vs PyTorch fp32: tokens {'equal' if dev.tokens_equal else 'differ'}, token agreement "
+        f"{dev.token_agreement:.2%}, teacher-forced top-1 {dev.top1_agreement:.2%}, max |dlogit| "
+        f"{dev.max_abs_logit_err:.3g} (rel {dev.rel_logit_err:.2e}) over {dev.positions} positions")
+    if cfg.precision == "fp32":
+        if not dev.tokens_equal and dev.ties_only and dev.rel_logit_err <= FP32_REL_TOLERANCE:
+            # A greedy near-tie (random or very flat logits) flipped by float reordering: recorded, not fatal.
+            log(f"note: tokens differ only at near-ties (gaps {dev.flip_gaps}); logits agree to {dev.max_abs_logit_err:.1e}")
+        elif not dev.tokens_equal or dev.rel_logit_err > FP32_REL_TOLERANCE:
+            raise ExportError(f"the fp32 ONNX graphs do not reproduce the PyTorch reference (tokens equal: "
+                              f"{dev.tokens_equal}, relative logit error {dev.rel_logit_err:.2e}, tolerance "
+                              f"{FP32_REL_TOLERANCE}): {dev.details}")
+    elif dev.top1_agreement < top1_min or dev.rel_logit_err > rel_max:
+        msg = (f"the {cfg.precision} engine falls below its acceptance gate: teacher-forced top-1 agreement "
+               f"{dev.top1_agreement:.2%} (minimum {top1_min:.0%}), relative logit error {dev.rel_logit_err:.2%} "
+               f"(maximum {rel_max:.0%})")
+        if cfg.gate:
+            raise ExportGateError(msg + "; a higher precision, --int4-block-size 16/--vision-precision fp32, or "
+                                  "--min-top1/--max-rel-logit-err (or --no-gate) to accept it knowingly")
+        log("warning: " + msg + " (recorded; --no-gate)")
+    record = _dev_record(dev)
+    manifest["verification"] = {
+        "reference": "transformers (PyTorch) fp32", "reference_weights": plan.reference, "question": verify.QUESTION,
+        "crop_policies": list(verify.CROP_POLICIES), "images": 1 + min(len(cfg.calib_images), 2),
+        "max_new_tokens": cfg.verify_tokens, "candidate": record,
+        "gate": {"min_top1": top1_min, "max_rel_logit_err": rel_max, "enforced": cfg.gate or cfg.precision == "fp32",
+                 "passed": cfg.precision == "fp32" or (dev.top1_agreement >= top1_min and dev.rel_logit_err <= rel_max)},
+        # Bounds a re-run of the verification must stay within (tests check them); slack covers thread-count
+        # and instruction-set differences between machines.
+        "bounds": {"rel_logit_err": max(2 * record["rel_logit_err"], 1e-4 if cfg.precision == "fp32" else 0.02),
+                   "top1_agreement": min(record["top1_agreement"], 1.0) * (1.0 if cfg.precision == "fp32" else 0.8),
+                   "tokens_equal": cfg.precision == "fp32" and record["tokens_equal"]},
     }
-    manifest["verification"] = verification
-    manifest = _finalise(tmp, manifest)
+    if cfg.precision == "fp32":
+        manifest["verification"]["fp32"] = record
     size = sum(f["bytes"] for f in manifest["files"].values())
+    fp32_size = _fp32_bytes(src)
     manifest["sizes"] = {"engine_bytes": size, "fp32_bytes": fp32_size, "ratio_to_fp32": size / fp32_size}
     manifest["provenance"]["export_seconds"] = round(time.perf_counter() - t_start, 2)
+    manifest["provenance"]["build_seconds"] = round(build_s, 2)
     write_manifest(tmp, manifest)
     log(f"engine size {size / 1e6:.1f} MB ({size / fp32_size:.2f}x fp32)")
 
 
-def _quantize(cfg: ExportConfig, base: dict, fp32_dir: Path, tmp: Path, protocol, crop_set, info, log) -> dict:
-    """Build the precision's graphs in `tmp` from the verified fp32 ones; returns the manifest (no file list)."""
+def _np_name(dtype: str) -> str:
+    return {"float32": "float32", "float16": "float16"}[str(dtype)]
+
+
+def _kv_names(layers: int):
+    from .builder import kv_names
+
+    return kv_names(layers)
+
+
+def _fp32_bytes(src) -> int:
+    """What the same model takes as an fp32 engine (tied token table stored once)."""
+    return 4 * src.numel
+
+
+def _vision_qdq(cfg: ExportConfig, tmp: Path, protocol, crop_set, info, vshape, log):
+    """Static Q/DQ int8 of the (just written) fp32 vision graph, calibrated on views and crops."""
     from edge_awares.calibration.vision import VisionCalibrationReader, make_calibration_set
 
     from . import quantize as q
 
-    m = json.loads(json.dumps(base))  # deep copy
-    m["precision"] = cfg.precision
-    graphs = m["graphs"]
-    vision_precision = cfg.resolved_vision_precision()
-    if vision_precision == "fp16":
-        files = q.to_fp16(fp32_dir / "vision.onnx", tmp / "vision.onnx", keep_io=["pixel_values", VISION_OUTPUT])
-        graphs["vision"].update(quantization="fp16")
-    elif vision_precision == "int8":
-        vis = m["model"]["vision"]
-        calib = make_calibration_set(list(cfg.calib_images), protocol, crop_set, info.geometry)
-        log(f"calibrating the vision encoder on {calib.summary()['views']} views ({calib.source}) ...")
-        reader = VisionCalibrationReader(calib, vis["merge_size"], vis["window_size"], vis["patch_size"])
-        files = q.vision_int8(fp32_dir / "vision.onnx", tmp / "vision.onnx", reader)
-        graphs["vision"].update(quantization="qdq-int8")
-        m["provenance"]["calibration"] = dict(calib.summary(), method="minmax", activations="int8 symmetric",
-                                              weights="int8 symmetric per channel")
-    else:
-        files = [f for f in [graphs["vision"]["file"], *graphs["vision"]["data_files"]]]
-        for f in files:
-            shutil.copyfile(fp32_dir / f, tmp / f)
-    graphs["vision"]["data_files"] = files[1:]
-
-    if cfg.precision == "fp16":
-        files = q.to_fp16(fp32_dir / "decoder.onnx", tmp / "decoder.onnx", keep_io=["inputs_embeds", "logits"])
-        graphs["decoder"]["kv"]["dtype"] = "float16"
-        graphs["decoder"].update(quantization="fp16")
-    elif cfg.precision == "int8":
-        files = q.decoder_int8(fp32_dir / "decoder.onnx", tmp / "decoder.onnx")
-        graphs["decoder"].update(quantization="dynamic-int8 (MatMul weights per channel)")
-    else:
-        files = q.decoder_int4(fp32_dir / "decoder.onnx", tmp / "decoder.onnx", cfg.int4_block_size,
-                               cfg.int4_accuracy_level)
-        graphs["decoder"].update(quantization=f"int4 MatMulNBits (block {cfg.int4_block_size}, symmetric, "
-                                              f"accuracy_level {cfg.int4_accuracy_level})")
-    graphs["decoder"]["data_files"] = files[1:]
-    # Half-precision embeddings: the table is read one row per token, and halves the largest file.
-    table = np.load(fp32_dir / "embed_tokens.npy")
-    np.save(tmp / "embed_tokens.npy", table.astype(np.float16))
-    graphs["embeddings"]["dtype"] = "float16"
-    shutil.copyfile(fp32_dir / "tokenizer.json", tmp / "tokenizer.json")
-    m["provenance"]["vision_precision"] = vision_precision
-    return m
+    scratch = tmp / "fp32-vision"
+    scratch.mkdir()
+    for f in ("vision.onnx", "vision.onnx.data"):
+        (tmp / f).rename(scratch / f)
+    calib = make_calibration_set(list(cfg.calib_images), protocol, crop_set, info.geometry)
+    log(f"calibrating the vision encoder on {calib.summary()['views']} views ({calib.source}) ...")
+    reader = VisionCalibrationReader(calib, vshape.merge, vshape.window, vshape.patch)
+    files = q.vision_int8(scratch / "vision.onnx", tmp / "vision.onnx", reader)
+    shutil.rmtree(scratch)
+    return files, dict(calib.summary(), method="minmax", activations="int8 symmetric",
+                       weights="int8 symmetric per channel")
 
 
-def _finalise(root: Path, manifest: dict) -> dict:
-    """Fill the file list (sha256, bytes) for every file the manifest names; write manifest.json."""
+def _finalise(root: Path, manifest: dict, digests: dict | None = None) -> dict:
+    """Fill the file list (sha256, bytes) for every file the manifest names; write manifest.json.
+    `digests` holds hashes taken while the files were written (None: hash the file now)."""
     files = {}
+    digests = digests or {}
     for g in ("vision", "decoder", "embeddings"):
         graph = manifest["graphs"][g]
         for name in [graph["file"], *graph.get("data_files", [])]:
-            files[name] = file_entry(root / name)
+            d = digests.get(name)
+            files[name] = {"sha256": d[0], "bytes": d[1]} if d else file_entry(root / name)
     files[manifest["tokenizer"]] = file_entry(root / manifest["tokenizer"])
     manifest = dict(manifest, files=files)
     write_manifest(root, manifest)
     return manifest
 
 
-def _verify(reference, engine_dir: Path, protocol, cfg: ExportConfig):
+def _verify(info, engine_dir: Path, protocol, cfg: ExportConfig, reference: str, log):
+    """The reference runs the fixed conversations first and is released; then the engine runs them."""
+    import gc
+
+    from PIL import Image
+
+    from edge_awares.images import load_image
     from edge_awares.runtimes.onnx import open_engine_session
+    from edge_awares.runtimes.reference import TorchBackend
     from edge_awares.session import Session, SessionConfig
     from edge_awares.tokenizer import TextTokenizer
 
-    scfg = SessionConfig(max_new_tokens=cfg.verify_tokens, max_context=1024 * 8)
-    cand = open_engine_session(engine_dir, config=scfg)
-    manifest = cand.backend.manifest
-    ref = Session(reference, TextTokenizer.from_file(engine_dir / "tokenizer.json"), protocol,
+    from .plan import VERIFY_CONTEXT
+
+    images: list[Image.Image] = [verify.fixed_image()] + [load_image(p) for p in cfg.calib_images[:2]]
+    scfg = SessionConfig(max_new_tokens=cfg.verify_tokens, max_context=VERIFY_CONTEXT)
+    manifest = load_manifest(engine_dir, check_files=False)
+    backend = TorchBackend(info.path, streamed=reference == "streamed")
+    ref = Session(backend, TextTokenizer.from_file(engine_dir / "tokenizer.json"), protocol,
                   manifest.crop_set(), manifest.geometry(), scfg)
-    return verify.compare_sessions(ref, cand, max_new_tokens=cfg.verify_tokens)
+    runs = verify.record_reference(ref, images, max_new_tokens=cfg.verify_tokens)
+    del ref, backend
+    gc.collect()
+    cand = open_engine_session(engine_dir, config=scfg, check_files=False)
+    return verify.compare_to_reference(runs, cand, images, max_new_tokens=cfg.verify_tokens)
 
 
 def _dev_record(dev) -> dict:
@@ -360,74 +475,6 @@ def _options(cfg: ExportConfig) -> dict:
     d["calib_images"] = [str(p) for p in cfg.calib_images]
     d.pop("output")
     return d
-
-
-# -- graph export --------------------------------------------------------------------------------------
-def _quiet_export(module, args, path: Path, input_names, output_names, dynamic_axes) -> None:
-    import torch
-
-    with warnings.catch_warnings():
-        # TorchScript tracing warns about Python-int conversions inside the GQA reference forward, which
-        # the custom symbolic replaces; the legacy exporter also announces its own deprecation.
-        warnings.simplefilter("ignore")
-        with torch.inference_mode(False), torch.no_grad():
-            torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
-                              dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
-
-
-def export_vision(model, path: Path) -> list[str]:
-    """Export the vision encoder for any number of images of any size; returns the files written."""
-    import onnx
-    import torch
-
-    from .graphs import VisionGraph
-    from .quantize import save_model
-
-    graph = VisionGraph(model.model.visual).eval()
-    vcfg = model.config.vision_config
-    unit = int(vcfg.spatial_merge_size)
-    # Two images of different shapes so that no size is folded into the trace as a constant.
-    grids = [(1, 8 * unit, 10 * unit), (1, 6 * unit, 4 * unit)]
-    layout = vision_layout(grids, unit, int(vcfg.window_size), int(vcfg.patch_size))
-    n = layout.order.shape[0]
-    feats = 3 * int(vcfg.temporal_patch_size) * int(vcfg.patch_size) ** 2
-    feeds = layout.inputs(np.random.default_rng(0).standard_normal((n, feats)).astype(np.float32))
-    args = tuple(torch.from_numpy(feeds[k]) for k in VISION_INPUTS)
-    dyn = {"pixel_values": {0: "patches"}, "rotary_pos": {0: "patches"}, "window_index": {0: "windows", 1: "window_len"},
-           "window_back": {0: "patches"}, "image_index": {0: "images", 1: "image_len"}, "image_back": {0: "patches"},
-           "merge_order": {0: "tokens"}, VISION_OUTPUT: {0: "tokens"}}
-    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
-        trace = Path(scratch) / "vision.onnx"
-        _quiet_export(graph, args, trace, list(VISION_INPUTS), [VISION_OUTPUT], dyn)
-        return save_model(onnx.load(str(trace)), path)
-
-
-def export_decoder(model, path: Path) -> tuple[list[str], dict]:
-    """Export the text decoder with a shared-buffer KV cache; returns (files written, KV layout for the manifest)."""
-    import onnx
-    import torch
-
-    from .graphs import DecoderGraph
-    from .quantize import save_model
-
-    graph = DecoderGraph(model).eval()
-    hidden = model.config.get_text_config().hidden_size
-    s, cap = 5, 16
-    args = (torch.randn(1, s, hidden), torch.arange(s).view(1, 1, s).expand(3, 1, s).contiguous(),
-            torch.tensor([s - 1], dtype=torch.int32), torch.tensor(s, dtype=torch.int32),
-            *[torch.zeros(1, graph.kv_heads, cap, graph.head_dim) for _ in range(2 * graph.num_layers)])
-    dyn = {"inputs_embeds": {1: "sequence"}, "position_ids": {2: "sequence"}}
-    past, present = graph.input_names[4:], graph.output_names[1:]
-    for name in past + present:
-        dyn[name] = {2: "capacity"}
-    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
-        trace = Path(scratch) / "decoder.onnx"
-        _quiet_export(graph, args, trace, graph.input_names, graph.output_names, dyn)
-        files = save_model(onnx.load(str(trace)), path)
-    kv = {"layout": "BNSH", "shape": ["batch=1", "num_kv_heads", "capacity", "head_dim"], "past": past,
-          "present": present, "shared_buffer": True, "dtype": "float32",
-          "attention": "com.microsoft.GroupQueryAttention", "length_inputs": ["seqlens_k", "total_sequence_length"]}
-    return files, kv
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")

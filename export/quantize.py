@@ -1,12 +1,9 @@
-"""Precision conversion of the exported graphs with onnxruntime's own tools.
+"""Static Q/DQ int8 of the vision graph with onnxruntime's quantizer (`--vision-precision int8-qdq`).
 
-- fp16: every float tensor to half, except the graph's float32 interface (embeds in, logits out); the KV
-  cache becomes half too, so the shared buffer is still bound directly (no cast copies per step).
-- int8: decoder matrix multiplies dynamic (weights int8 per channel, activations quantized on the fly); vision
-  static Q/DQ with symmetric int8 activations calibrated on views and crops (calibration/), the form
-  TensorRT reads for explicit INT8.
-- int4: decoder weights as MatMulNBits (block-wise symmetric int4). The int4 quantizer skips Gemm nodes
-  silently (FACTS.md), so any Gemm is rewritten to MatMul (+ Add) first.
+fp16, dynamic int8 and int4 weights are written as the graphs are built (export/builder.py). Static Q/DQ
+needs activation ranges, so it runs afterwards over the fp32 vision graph: symmetric int8 activations
+calibrated on views and crops (calibration/), the form TensorRT reads for explicit INT8. The Q/DQ quantizer
+rejects exported Gemm biases as non-constant (FACTS.md), so any Gemm is rewritten to MatMul (+ Add) first.
 """
 
 from __future__ import annotations
@@ -57,41 +54,6 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
     return changed
 
 
-def to_fp16(src: Path, dst: Path, keep_io: list[str]) -> list[str]:
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = onnx.load(str(src))
-    # The com.microsoft attention op is unknown to onnx's shape inference; the converter needs none.
-    half = convert_float_to_float16(model, keep_io_types=keep_io, disable_shape_infer=True)
-    return save_model(half, dst)
-
-
-def decoder_int8(src: Path, dst: Path) -> list[str]:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with _quiet_logs():
-        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=True,
-                         weight_type=QuantType.QInt8, use_external_data_format=True,
-                         extra_options={"MatMulConstBOnly": True})
-    return _resave(dst)
-
-
-def decoder_int4(src: Path, dst: Path, block_size: int = 32, accuracy_level: int = 4) -> list[str]:
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    model = onnx.load(str(src))
-    gemm_to_matmul(model)
-    quant = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True,
-                                 accuracy_level=accuracy_level, op_types_to_quantize=("MatMul",))
-    with _quiet_logs():
-        quant.process()
-    out = quant.model.model if hasattr(quant.model, "model") else quant.model
-    left = sum(n.op_type == "MatMul" for n in out.graph.node)
-    if left:
-        raise RuntimeError(f"int4 quantizer left {left} MatMul nodes unquantized")
-    return save_model(out, dst)
-
-
 def weight_nodes(model: onnx.ModelProto, op_types=("MatMul", "Gemm", "Conv")) -> list[str]:
     """Names of nodes whose second input is a constant weight (activation x activation products stay float)."""
     inits = {t.name for t in model.graph.initializer}
@@ -122,7 +84,10 @@ def vision_int8(src: Path, dst: Path, reader) -> list[str]:
         quantize_static(str(plain), str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
                     calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True,
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                        # Without a bound the calibrator keeps every intermediate of every batch (FACTS.md: 18.8
+                        # GiB at the 3B vision width); 1 folds each batch into the running ranges at once.
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                       "CalibMaxIntermediateOutputs": 1})
     for f in (plain, plain.with_name(plain.name + ".data")):
         f.unlink(missing_ok=True)
     return _resave(dst)

@@ -80,28 +80,50 @@ class Deviation:
         return dict(self.__dict__, ties_only=self.ties_only)
 
 
-def compare_sessions(reference: Session, candidate: Session, image: Image.Image | None = None,
-                     question: str = QUESTION, crop_policies=CROP_POLICIES, max_new_tokens: int = 12) -> Deviation:
-    """Run both sessions on the fixed conversations; see the module docstring for what is measured."""
-    image = image or fixed_image()
+@dataclass
+class ReferenceRun:
+    """What the reference did on one fixed conversation: its turns, ids and the logits it saw."""
+
+    crops: str
+    image_index: int
+    turns: list[list[int]]
+    ids: np.ndarray
+    logits: list[np.ndarray]
+
+
+def record_reference(reference: Session, images: list[Image.Image] | None = None, question: str = QUESTION,
+                     crop_policies=CROP_POLICIES, max_new_tokens: int = 12) -> list[ReferenceRun]:
+    """Run the reference on every fixed conversation and keep what the comparison needs (a few MB), so the
+    reference can be released before the candidate is loaded."""
+    runs = []
+    for i, image in enumerate(images or [fixed_image()]):
+        for crops in crop_policies:
+            rec = _Recorder()
+            ref = reference.run(image, question, crops=crops, sampler=rec, max_new_tokens=max_new_tokens)
+            runs.append(ReferenceRun(crops, i, [t.generated_ids for t in ref.turns], np.asarray(ref.ids), rec.logits))
+    return runs
+
+
+def compare_to_reference(runs: list[ReferenceRun], candidate: Session, images: list[Image.Image] | None = None,
+                         question: str = QUESTION, max_new_tokens: int = 12) -> Deviation:
+    """Run the candidate free and teacher-forced on the conversations `runs` recorded; see the module doc."""
+    images = images or [fixed_image()]
     turns_equal, ids_equal, details = [], [], []
     same = total = 0
     errs, refmax, top1, positions, gaps = [], [], 0, 0, []
-    for crops in crop_policies:
-        rec = _Recorder()
-        ref = reference.run(image, question, crops=crops, sampler=rec, max_new_tokens=max_new_tokens)
-        cand = candidate.run(image, question, crops=crops, sampler=_Recorder(), max_new_tokens=max_new_tokens)
-        for rt, ct in zip(ref.turns, cand.turns):
-            turns_equal.append(rt.generated_ids == ct.generated_ids)
-            n = max(len(rt.generated_ids), len(ct.generated_ids))
-            same += sum(a == b for a, b in zip(rt.generated_ids, ct.generated_ids))
+    for run in runs:
+        image = images[run.image_index]
+        cand = candidate.run(image, question, crops=run.crops, sampler=_Recorder(), max_new_tokens=max_new_tokens)
+        for rt, ct in zip(run.turns, cand.turns):
+            turns_equal.append(rt == ct.generated_ids)
+            n = max(len(rt), len(ct.generated_ids))
+            same += sum(a == b for a, b in zip(rt, ct.generated_ids))
             total += n
-        ids_equal.append(len(ref.turns) == len(cand.turns) and np.array_equal(ref.ids, cand.ids))
-        # teacher forcing along the reference's own tokens
-        tokens = [t for turn in ref.turns for t in turn.generated_ids]
+        ids_equal.append(len(run.turns) == len(cand.turns) and np.array_equal(run.ids, cand.ids))
+        tokens = [t for turn in run.turns for t in turn]
         forced = _Forced(tokens)
-        candidate.run(image, question, crops=crops, sampler=forced, max_new_tokens=max_new_tokens)
-        for r, c, t in zip(rec.logits, forced.logits, tokens):
+        candidate.run(image, question, crops=run.crops, sampler=forced, max_new_tokens=max_new_tokens)
+        for r, c, t in zip(run.logits, forced.logits, tokens):
             errs.append(float(np.abs(r - c).max()))
             refmax.append(float(np.abs(r).max()))
             pick = int(np.argmax(c))
@@ -109,7 +131,7 @@ def compare_sessions(reference: Session, candidate: Session, image: Image.Image 
             if pick != t:
                 gaps.append(float(r[t] - r[pick]))
             positions += 1
-        details.append({"crops": crops, "reference_turns": [t.generated_ids for t in ref.turns],
+        details.append({"crops": run.crops, "image": run.image_index, "reference_turns": run.turns,
                         "candidate_turns": [t.generated_ids for t in cand.turns]})
     max_err = max(errs) if errs else 0.0
     return Deviation(
@@ -117,3 +139,11 @@ def compare_sessions(reference: Session, candidate: Session, image: Image.Image 
         token_agreement=same / total if total else 1.0, top1_agreement=top1 / positions if positions else 1.0,
         max_abs_logit_err=max_err, rel_logit_err=max_err / max(max(refmax, default=1.0), 1e-12),
         positions=positions, flip_gaps=gaps, details=details)
+
+
+def compare_sessions(reference: Session, candidate: Session, image: Image.Image | None = None,
+                     question: str = QUESTION, crop_policies=CROP_POLICIES, max_new_tokens: int = 12) -> Deviation:
+    """Both sessions on the fixed conversations (the reference first, then the candidate)."""
+    images = [image or fixed_image()]
+    runs = record_reference(reference, images, question, crop_policies, max_new_tokens)
+    return compare_to_reference(runs, candidate, images, question, max_new_tokens)

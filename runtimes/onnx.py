@@ -192,8 +192,7 @@ class OnnxBackend:
         self.decoder = session("decoder")
         self._vision_dtype = np.float16 if self.vision.get_inputs()[0].type == "tensor(float16)" else np.float32
         emb = self.manifest.graph("embeddings")
-        # Memory-mapped: only the rows of tokens actually used are ever read.
-        self._table = np.load(self.manifest.path("embeddings"), mmap_mode="r")
+        self._table = _embedding_table(self.manifest.path("embeddings"), emb)
         if list(self._table.shape) != [self.vocab_size, self.hidden_size]:
             raise EngineError(f"{self.manifest.root}: embeddings are {self._table.shape}, expected "
                               f"[{self.vocab_size}, {self.hidden_size}] ({emb['file']})")
@@ -233,8 +232,22 @@ class OnnxBackend:
         return io.get_outputs()[0].numpy()[0].astype(np.float32, copy=False)
 
 
+def _embedding_table(path: Path, entry: dict) -> np.ndarray:
+    """The token table, memory-mapped (only the rows of tokens actually used are read): an .npy file, or a
+    [vocab, hidden] block at `offset` inside another file (the decoder's data, where a tied lm_head's matrix
+    serves as the table: stored once)."""
+    try:
+        if "offset" not in entry:
+            return np.load(path, mmap_mode="r")
+        dtype = {"float32": np.float32, "float16": np.float16}[entry["dtype"]]
+        return np.memmap(path, dtype=dtype, mode="r", offset=int(entry["offset"]),
+                         shape=tuple(int(d) for d in entry["shape"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise EngineError(f"{path}: cannot map the token-embedding table ({e})") from None
+
+
 def open_engine_session(engine: str | Path, protocol: str | None = None, config=None, provider: str = "cpu",
-                        check_files: bool = True, **backend_options):
+                        check_files: bool = True, overrides: dict | None = None, **backend_options):
     """A Session over an engine directory: its backend, tokenizer, protocol, crop set and geometry.
 
     `protocol` None uses the engine's own (with its options); another name overrides it (a warning says so,
@@ -256,9 +269,11 @@ def open_engine_session(engine: str | Path, protocol: str | None = None, config=
         proto = get_protocol(protocol)
     if config is None:
         gen = manifest.data["generation"]
-        config = SessionConfig(max_new_tokens=int(gen.get("max_new_tokens", 64)),
-                               max_crop_turns=int(gen.get("max_crop_turns", 1)),
-                               max_context=int(gen.get("max_context", 4096)))
+        default = SessionConfig()
+        config = SessionConfig(max_new_tokens=int(gen.get("max_new_tokens", default.max_new_tokens)),
+                               max_crop_turns=int(gen.get("max_crop_turns", default.max_crop_turns)),
+                               max_context=int(gen.get("max_context", default.max_context)))
+    config = config.with_overrides(**(overrides or {}))
     backend = OnnxBackend(manifest, provider=provider, **backend_options)
     tok = TextTokenizer.from_file(manifest.root / manifest.data["tokenizer"])
     return Session(backend, tok, proto, manifest.crop_set(), manifest.geometry(), config)

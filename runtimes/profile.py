@@ -30,8 +30,8 @@ class ProfileConfig:
     runs: int = 5
     warmup: int = 1
     provider: str = "cpu"
-    max_new_tokens: int = 64
-    max_context: int = 4096
+    max_new_tokens: int | None = None  # None: the engine's stored limits, else SessionConfig's
+    max_context: int | None = None
     trace: str | None = None
 
     def validate(self) -> "ProfileConfig":
@@ -41,8 +41,9 @@ class ProfileConfig:
             raise PromptError("the question is empty")
         if self.runs < 1 or self.warmup < 0:
             raise ConfigError("--runs must be at least 1 and --warmup 0 or more")
-        if self.max_new_tokens < 1:
-            raise ConfigError("--max-new-tokens must be at least 1")
+        from edge_awares.api import check_limits
+
+        check_limits(self.max_new_tokens, None, self.max_context)
         return self
 
 
@@ -100,7 +101,7 @@ def profile(cfg: ProfileConfig, session=None) -> dict:
     """Run the loop `warmup + runs` times; returns a JSON-able report and writes the trace if asked."""
     from edge_awares.api import open_session
     from edge_awares.images import load_image
-    from edge_awares.session import Sampler, SessionConfig
+    from edge_awares.session import Sampler
 
     cfg.validate()
     image = load_image(cfg.image)
@@ -108,11 +109,12 @@ def profile(cfg: ProfileConfig, session=None) -> dict:
     t_load = time.perf_counter()
     if session is None:
         session = open_session(model=cfg.model, engine=cfg.engine, protocol=cfg.protocol, provider=cfg.provider,
-                               config=SessionConfig(cfg.max_new_tokens, 1, cfg.max_context))
+                               overrides={"max_new_tokens": cfg.max_new_tokens, "max_crop_turns": 1,
+                                          "max_context": cfg.max_context})
     load_ms = (time.perf_counter() - t_load) * 1e3
     rss_loaded, _ = rss_bytes()
     for _ in range(cfg.warmup):
-        session.run(image, cfg.question, crops=cfg.crops, sampler=Sampler(), max_new_tokens=cfg.max_new_tokens)
+        session.run(image, cfg.question, crops=cfg.crops, sampler=Sampler(), max_new_tokens=session.config.max_new_tokens)
 
     events: list[dict] = []
     t0 = time.perf_counter()
@@ -122,7 +124,7 @@ def profile(cfg: ProfileConfig, session=None) -> dict:
     try:
         for i in range(cfg.runs):
             start = time.perf_counter()
-            r = session.run(image, cfg.question, crops=cfg.crops, sampler=Sampler(), max_new_tokens=cfg.max_new_tokens)
+            r = session.run(image, cfg.question, crops=cfg.crops, sampler=Sampler(), max_new_tokens=session.config.max_new_tokens)
             end = time.perf_counter()
             totals.append((end - start) * 1e3)
             results.append(r)

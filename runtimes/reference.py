@@ -54,17 +54,25 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model_dir: str | Path | None = None, dtype: str = "float32", device: str = "cpu",
-                 model=None):
+                 model=None, streamed: bool = False):
+        """`streamed`: keep no weights resident; every module reads its own from the checkpoint when it
+        runs and drops them after (the same float32 arithmetic, memory of one module at a time; slower)."""
         torch, transformers = _import_torch()
         self.torch = torch
         if model is None:
             info = read_checkpoint(model_dir)
-            try:
-                model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
-                    str(info.path), dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=False)
-            except (OSError, ValueError, KeyError) as e:
-                raise ModelLoadError(f"{model_dir}: cannot load weights ({e})") from None
-        self.model = model.to(device).eval()
+            if streamed:
+                model = _streamed_model(info.path, getattr(torch, dtype))
+            else:
+                try:
+                    model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
+                        str(info.path), dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=False)
+                except (OSError, ValueError, KeyError) as e:
+                    raise ModelLoadError(f"{model_dir}: cannot load weights ({e})") from None
+        self.streamed = streamed
+        if streamed and device != "cpu":
+            raise ModelLoadError("the streamed reference runs on the CPU only")
+        self.model = (model if streamed else model.to(device)).eval()
         self.device = torch.device(device)
         text_cfg = self.model.config.get_text_config()
         self.hidden_size = int(text_cfg.hidden_size)
@@ -107,3 +115,58 @@ class TorchBackend:
             out = lm(inputs_embeds=e, position_ids=p, past_key_values=cache.dc if cache else None, use_cache=True)
             h = out.last_hidden_state[0]
             return self.model.lm_head(h[-1:] if last_only else h).float().cpu().numpy()
+
+
+def _streamed_model(path: Path, dtype):
+    """A Qwen2.5-VL whose parameters live on the meta device and are read from the checkpoint by each module
+    just before it runs (and released right after), so a model of any size runs in one module's memory.
+
+    accelerate's offload hooks do the same for weights it saved itself; here the weights stay in the
+    checkpoint as stored (bf16 usually) under their hub names, so the loader is edge_awares.weights.
+    """
+    import torch
+    import transformers
+
+    from edge_awares.weights import WeightSource
+
+    src = WeightSource(path)
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path}: cannot read config ({e})") from None
+    with torch.device("meta"):
+        model = transformers.Qwen2_5_VLForConditionalGeneration(config)
+    model = model.to(dtype)
+    # Rotary tables are computed buffers, not weights: rebuild them on the CPU.
+    for mod_name, mod in list(model.named_modules()):
+        if hasattr(mod, "inv_freq") and mod.inv_freq.is_meta:
+            real = type(mod)(mod.config)
+            for b, value in real.named_buffers(recurse=False):
+                setattr(mod, b, value)
+    tied = "lm_head.weight" not in src
+    for mod_name, mod in model.named_modules():
+        own = [n for n, _ in mod.named_parameters(recurse=False)]
+        if not own:
+            continue
+        names = {}
+        for n in own:
+            full = f"{mod_name}.{n}"
+            if full == "lm_head.weight" and tied:
+                full = "model.language_model.embed_tokens.weight"
+            src.info(full)  # fail now, not mid-forward, if the checkpoint lacks it
+            names[n] = full
+
+        def load(module, args, names=names):
+            for n, full in names.items():
+                t = src.tensor(full).to(dtype)
+                module._parameters[n] = torch.nn.Parameter(t, requires_grad=False)
+
+        def release(module, args, output, names=names):
+            for n in names:
+                p = module._parameters[n]
+                module._parameters[n] = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="meta"),
+                                                           requires_grad=False)
+
+        mod.register_forward_pre_hook(load)
+        mod.register_forward_hook(release)
+    return model.eval()
