@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -89,7 +90,7 @@ def write_manifest(root: Path, data: dict) -> Path:
 
 
 def load_manifest(root: str | Path, check_files: bool = True) -> Manifest:
-    """Read and validate root/manifest.json; with `check_files`, hash every listed file.
+    """Read and validate root/manifest.json; with `check_files`, check every listed file (verify_files).
 
     Raises EngineError (no manifest, malformed, unknown family/protocol/crop set, missing graph entry),
     EngineVersionError (schema version not readable by this toolkit) or EngineIntegrityError (a listed
@@ -188,16 +189,60 @@ def _check_name(name: str, root) -> None:
         raise EngineError(f"{root}: manifest lists an unsafe file path {name!r}")
 
 
-def verify_files(root: Path, data: dict) -> None:
-    """Every listed file present, of the listed size and sha256 (EngineIntegrityError names the first bad one)."""
+def verify_files(root: Path, data: dict, full: bool | None = None) -> None:
+    """Every listed file present, a regular file inside the folder, of the listed size and sha256
+    (EngineIntegrityError names the first bad one).
+
+    Hashing a multi-GB engine takes a minute (~4.5 s/GB on 2 cores), so a full check is remembered: after
+    one, a stamp of each file's (device, inode, size, mtime, ctime) is kept in the user cache, keyed by the
+    folder and the manifest's bytes, and later loads compare stats only. Any write, truncation, rename over
+    or copy onto a file changes its size, inode or ctime (which no user call can set back), so the cheap check
+    still catches every change made through the filesystem; it cannot see bytes changed beneath it (a raw
+    block device, a filesystem that does not keep ctime). `full=True` (or EDGE_AWARES_VERIFY=full) hashes
+    every file every time.
+    """
+    root = Path(root)
+    if full is None:
+        full = os.environ.get("EDGE_AWARES_VERIFY", "").lower() == "full"
+    stats = {}
     for name, entry in data["files"].items():
-        path = Path(root) / name
+        path = root / name
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise EngineIntegrityError(f"{root}: file {name!r} is a link or not a regular file; engines hold "
+                                       "regular files only")
         if not path.is_file():
             raise EngineIntegrityError(f"{root}: file {name!r} listed in the manifest is missing")
-        size = path.stat().st_size
-        if size != entry["bytes"]:
-            raise EngineIntegrityError(f"{root}: file {name!r} is {size} bytes, the manifest says {entry['bytes']} "
+        st = path.stat()
+        if st.st_size != entry["bytes"]:
+            raise EngineIntegrityError(f"{root}: file {name!r} is {st.st_size} bytes, the manifest says {entry['bytes']} "
                                        "(modified or truncated; re-export the engine)")
-        if sha256_file(path) != entry["sha256"]:
+        stats[name] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    stamp = _stamp_path(root)
+    if not full and stamp is not None:
+        try:
+            if json.loads(stamp.read_text()) == stats:
+                return
+        except (OSError, ValueError):
+            pass
+    for name, entry in data["files"].items():
+        if sha256_file(root / name) != entry["sha256"]:
             raise EngineIntegrityError(f"{root}: file {name!r} does not match its sha256 in the manifest "
                                        "(modified or corrupt; re-export the engine)")
+    if stamp is not None:
+        try:
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(stats))
+            tmp.replace(stamp)
+        except OSError:
+            pass  # a read-only cache only means hashing again next time
+
+
+def _stamp_path(root: Path) -> Path | None:
+    """Where the stamp of a full check of `root` (at its current manifest) lives; None if unreadable."""
+    try:
+        key = hashlib.sha256(str(root.resolve()).encode() + b"\0" + (root / MANIFEST).read_bytes()).hexdigest()
+    except OSError:
+        return None
+    cache = Path(os.environ.get("EDGE_AWARES_CACHE", Path.home() / ".cache" / "edge-awares"))
+    return cache / "verified" / f"{key[:32]}.json"

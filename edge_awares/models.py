@@ -53,6 +53,10 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
     mtype = config.get("model_type")
     if mtype not in FAMILIES:
         raise ModelLoadError(f"{path}: model_type {mtype!r} is not supported; supported: {', '.join(FAMILIES)}")
+    arch = config.get("architectures") or []
+    if not isinstance(arch, list) or any(not isinstance(a, str) or not a.startswith("Qwen2_5_VL") for a in arch):
+        raise ModelLoadError(f"{path}: architectures {arch!r} name another model family than {FAMILIES[mtype].title} "
+                             "(model_type says otherwise: a mismatched config)")
     if not any(path.glob("*.safetensors")):
         raise ModelLoadError(f"{path}: no *.safetensors weights (pickle .bin files are not loaded)")
     if not (path / "tokenizer.json").is_file():

@@ -331,7 +331,7 @@ def _build(cfg: ExportConfig, info, tmp: Path, log) -> None:
     record = _dev_record(dev)
     manifest["verification"] = {
         "reference": "transformers (PyTorch) fp32", "reference_weights": plan.reference, "question": verify.QUESTION,
-        "crop_policies": list(verify.CROP_POLICIES), "images": 1 + min(len(cfg.calib_images), 2),
+        "crop_policies": list(verify.crop_policies_for(crop_set)), "images": 1 + min(len(cfg.calib_images), 2),
         "max_new_tokens": cfg.verify_tokens, "candidate": record,
         "gate": {"min_top1": top1_min, "max_rel_logit_err": rel_max, "enforced": cfg.gate or cfg.precision == "fp32",
                  "passed": cfg.precision == "fp32" or (dev.top1_agreement >= top1_min and dev.rel_logit_err <= rel_max)},

@@ -84,10 +84,11 @@ def vision_int8(src: Path, dst: Path, reader) -> list[str]:
         quantize_static(str(plain), str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
                     calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True,
-                        # Without a bound the calibrator keeps every intermediate of every batch (FACTS.md: 18.8
-                        # GiB at the 3B vision width); 1 folds each batch into the running ranges at once.
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                       "CalibMaxIntermediateOutputs": 1})
+                        # Not CalibMaxIntermediateOutputs: onnxruntime 1.32's MinMax calibrator discards the
+                        # collected outputs when that bound is reached instead of folding them into its ranges
+                        # ("No data is collected"). This path keeps every batch's intermediates: it is for
+                        # TensorRT builds of small vision towers; the default int8 vision needs no calibration.
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
     for f in (plain, plain.with_name(plain.name + ".data")):
         f.unlink(missing_ok=True)
     return _resave(dst)
