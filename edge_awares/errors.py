@@ -57,6 +57,10 @@ class ExportError(EdgeAwaresError):
     failed); nothing was left in the output directory."""
 
 
+class MemoryBudgetError(EngineError):
+    """A request would need more memory than the runtime's stated budget; refused before allocating."""
+
+
 class ExportGateError(ExportError):
     """An exported engine stayed below its precision's acceptance gate (top-1 agreement, logit error)."""
 

@@ -100,6 +100,7 @@ class SessionResult:
     ids: np.ndarray = field(repr=False)  # every token of the conversation, in cache order
     mask: np.ndarray = field(repr=False)  # 1 where the model sampled the token
     protocol: str = ""
+    memory: dict | None = None  # the backend's budget and what it held (bytes), where it states one
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("ids", "mask")}
@@ -218,6 +219,7 @@ class Session:
             ids=np.asarray(state.ids, dtype=np.int64),
             mask=np.asarray(state.mask, dtype=np.int8),
             protocol=self.protocol.name,
+            memory=self.backend.memory() if hasattr(self.backend, "memory") else None,
         )
 
     def _turn(self, state: "_State", kind: str, pieces: list, max_new: int, sampler: Sampler) -> Turn:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_awares.errors import EngineError, ProviderUnavailableError
+from edge_awares.errors import EngineError, MemoryBudgetError, ProviderUnavailableError
 from edge_awares.manifest import Manifest, load_manifest
 from edge_awares.views import View
 
@@ -164,6 +164,8 @@ class OnnxBackend:
         check_provider(provider)
         self.manifest = engine if isinstance(engine, Manifest) else load_manifest(engine, check_files=check_files)
         self.provider = provider
+        self.budget = memory_budget()
+        self._kv_held = self._vision_peak = 0
         threads = threads or engine_threads()
         m = self.manifest.model
         self.hidden_size, self.vocab_size = m["hidden_size"], m["vocab_size"]
@@ -199,10 +201,47 @@ class OnnxBackend:
         self._embeds_dtype = np.float16 if dec.get("embeds_dtype") == "float16" else np.float32
 
     # -- Backend interface -------------------------------------------------------------------------
+    # -- memory budget ------------------------------------------------------------------------------
+    def weights_bytes(self) -> int:
+        """Bytes of the engine's files (the weights onnxruntime maps or loads)."""
+        return self.manifest.size_bytes()
+
+    def kv_bytes(self, capacity: int) -> int:
+        m = self.manifest.model
+        per = 2 if self.kv_dtype == "float16" else 4
+        return 2 * m["num_layers"] * m["num_kv_heads"] * m["head_dim"] * capacity * per
+
+    def _attention_bytes(self, layout) -> int:
+        """Working set of the vision graph's largest attention (scores and probabilities in float32, and the
+        gathered queries, keys and values), computed from the layout before anything runs."""
+        vis = self.manifest.model["vision"]
+        heads, dim = vis["num_heads"], vis["hidden_size"] // vis["num_heads"]
+        worst = 0
+        for index in (layout.window_index, layout.image_index):
+            segs, length = index.shape
+            worst = max(worst, segs * heads * length * (2 * length + 3 * dim) * 4)
+        return worst
+
+    def _check_budget(self, what: str, extra: int) -> None:
+        need = self.weights_bytes() + self._kv_held + extra
+        if need > self.budget:
+            raise MemoryBudgetError(
+                f"{what} needs ~{extra / GiB:.2f} GiB beside the engine's {self.weights_bytes() / GiB:.2f} GiB "
+                f"and a {self._kv_held / GiB:.2f} GiB KV cache: {need / GiB:.2f} GiB over the budget of "
+                f"{self.budget / GiB:.2f} GiB (EDGE_AWARES_MEMORY_BUDGET, in GiB, raises it)")
+
+    def memory(self) -> dict:
+        """The budget and what this backend holds against it (bytes)."""
+        return {"budget": self.budget, "weights": self.weights_bytes(), "kv_cache": self._kv_held,
+                "vision_peak": self._vision_peak}
+
     def encode_images(self, views: list[View]) -> list[np.ndarray]:
         if not views:
             return []
         layout = vision_layout([v.grid_thw for v in views], self._merge, self._window, self._patch)
+        attention = self._attention_bytes(layout)
+        self._check_budget(f"encoding {len(views)} view(s) of {sum(v.n_tokens for v in views)} visual tokens", attention)
+        self._vision_peak = max(self._vision_peak, attention)
         pixels = np.concatenate([v.pixel_values() for v in views], axis=0).astype(self._vision_dtype, copy=False)
         out = self.vision.run(None, layout.inputs(pixels))[0].astype(np.float32, copy=False)
         return np.split(out, np.cumsum(layout.tokens)[:-1])
@@ -211,6 +250,9 @@ class OnnxBackend:
         return np.asarray(self._table[np.asarray(ids, dtype=np.int64)], dtype=np.float32)
 
     def new_cache(self, capacity: int) -> OnnxCache:
+        self._kv_held = 0  # the session's previous cache is released with it
+        self._check_budget(f"a KV cache of {capacity} tokens", self.kv_bytes(capacity))
+        self._kv_held = self.kv_bytes(capacity)
         return OnnxCache(self, capacity)
 
     def forward(self, embeds: np.ndarray, positions: np.ndarray, cache: OnnxCache) -> np.ndarray:
@@ -279,7 +321,34 @@ def open_engine_session(engine: str | Path, protocol: str | None = None, config=
     return Session(backend, tok, proto, manifest.crop_set(), manifest.geometry(), config)
 
 
+GiB = 1 << 30
+# A budget that fits an 8 GB device (Jetson Orin Nano shares 8 GB between CPU and GPU; the OS keeps ~1 GB).
+DEFAULT_MEMORY_BUDGET_GB = 7.0
+
+
+def memory_budget() -> int:
+    """Bytes the runtime may plan for: EDGE_AWARES_MEMORY_BUDGET (GiB) or DEFAULT_MEMORY_BUDGET_GB."""
+    raw = os.environ.get("EDGE_AWARES_MEMORY_BUDGET")
+    if raw is None:
+        return int(DEFAULT_MEMORY_BUDGET_GB * GiB)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1 << 20:
+        from edge_awares.errors import ConfigError
+
+        raise ConfigError(f"EDGE_AWARES_MEMORY_BUDGET must be a positive number of GiB, not {raw!r}")
+    return int(value * GiB)
+
+
 def engine_threads() -> int | None:
     """Intra-op threads from EDGE_AWARES_THREADS (unset: onnxruntime's default, one per physical core)."""
     v = os.environ.get("EDGE_AWARES_THREADS")
-    return int(v) if v else None
+    if not v:
+        return None
+    if not v.isdigit() or not 1 <= int(v) <= 1024:
+        from edge_awares.errors import ConfigError
+
+        raise ConfigError(f"EDGE_AWARES_THREADS must be a whole number from 1 to 1024, not {v!r}")
+    return int(v)
