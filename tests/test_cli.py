@@ -48,7 +48,7 @@ def test_ask_human_output(tiny_ckpt, doc_path, capsys):
     (["ask", "{doc}", "q", "--crops", "0,9"], "unknown crop id '9'"),
     (["ask", "{doc}", "   "], "question is empty"),
     (["ask", "{doc}", "q", "--max-context", "100"], "prompt too long"),
-    (["ask", "{doc}", "q", "--max-new-tokens", "0"], "at least 1"),
+    (["ask", "{doc}", "q", "--max-new-tokens", "0"], "must lie in [1, 65536]"),
     (["ask", "{doc}", "q", "--model", "{tmp}"], "no config.json"),
     (["ask", "{doc}", "q", "--model", "{ckpt}", "--engine", "{tmp}"], "not both"),
 ])
