@@ -12,6 +12,7 @@ import time
 import click
 
 from . import __version__
+from .bigckpt import PRESETS as _BIG_PRESETS  # plain data: imports no torch
 from .errors import ConfigError, EdgeAwaresError
 from .protocols import DEFAULT_PROTOCOL, PROTOCOLS
 
@@ -80,10 +81,23 @@ def ask(image, question, model, engine, protocol, crops, max_new_tokens, max_cro
 
 @cli.command()
 @click.argument("out_dir", type=click.Path())
-@click.option("--preset", type=click.Choice(["tiny", "tiny2", "small", "mid"]), default="tiny", show_default=True)
+@click.option("--preset", type=click.Choice(["tiny", "tiny2", "small", "mid", *_BIG_PRESETS]), default="tiny",
+              show_default=True, help=f"{', '.join(_BIG_PRESETS)}: the real sizes, streamed (edge_awares.bigckpt).")
 @click.option("--seed", type=int, default=0, show_default=True)
-def tiny(out_dir, preset, seed):
-    """Build a random-init Qwen2.5-VL checkpoint (for tests and plumbing; answers are noise)."""
+@click.option("--text-layers", type=int, default=None, help="Real-size presets: keep only N language-model layers.")
+@click.option("--dtype", type=click.Choice(["bfloat16", "float32"]), default="bfloat16", show_default=True,
+              help="Real-size presets: the stored dtype.")
+def tiny(out_dir, preset, seed, text_layers, dtype):
+    """Build a random-init Qwen2.5-VL checkpoint (tests, plumbing, and export memory/speed work at the real sizes;
+    answers are noise)."""
+    if preset in _BIG_PRESETS:
+        from .bigckpt import make_big_checkpoint
+
+        click.echo(str(make_big_checkpoint(out_dir, preset=preset, seed=seed, text_layers=text_layers, dtype=dtype,
+                                           log=lambda msg: click.echo(msg, err=True))))
+        return
+    if text_layers is not None or dtype != "bfloat16":
+        raise ConfigError(f"--text-layers and --dtype apply to the real-size presets ({', '.join(_BIG_PRESETS)})")
     from .tiny import make_tiny_checkpoint
 
     click.echo(str(make_tiny_checkpoint(out_dir, preset=preset, seed=seed)))
@@ -114,11 +128,13 @@ def tiny(out_dir, preset, seed):
 @click.option("--min-top1", type=float, default=None, help="Acceptance gate: minimum top-1 agreement.")
 @click.option("--max-rel-logit-err", type=float, default=None, help="Acceptance gate: maximum relative logit error.")
 @click.option("--no-gate", is_flag=True, help="Record a quantized engine's deviation instead of enforcing the gate.")
+@click.option("--verify-tokens", type=int, default=12, show_default=True,
+              help="Greedy tokens per turn compared against the reference (fewer: a faster check of large models).")
 @click.option("--force", is_flag=True, help="Replace an existing engine directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest's verification and sizes as JSON.")
 def export_cmd(checkpoint, output, precision, protocol, vision_precision, calib_images, int4_block_size,
                int4_accuracy_level, max_context, reference, memory_budget, min_top1, max_rel_logit_err, no_gate,
-               force, as_json):
+               verify_tokens, force, as_json):
     """Export CHECKPOINT (a Hugging Face Qwen2.5-VL folder) to a verified ONNX engine directory.
 
     Weights stream from safetensors one tensor at a time; the memory plan is printed first and the export is
@@ -131,7 +147,7 @@ def export_cmd(checkpoint, output, precision, protocol, vision_precision, calib_
                        int4_block_size=int4_block_size, int4_accuracy_level=int4_accuracy_level,
                        max_context=max_context, reference=reference, memory_budget_gb=memory_budget,
                        min_top1=min_top1, max_rel_logit_err=max_rel_logit_err, gate=not no_gate,
-                       force=force).validate()
+                       verify_tokens=verify_tokens, force=force).validate()
     log = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
     path = export_engine(cfg, log=log)
     m = load_manifest(path, check_files=False).data
@@ -222,6 +238,11 @@ def _print_result(out: dict) -> None:
                   str(len(turn["generated_ids"])), f"{turn['vision_ms']:.1f}", f"{turn['prefill_ms']:.1f}",
                   f"{turn['decode_ms']:.1f}")
     con.print(t)
+    mem = out.get("memory")
+    if mem:
+        g = 1 << 30
+        con.print(f"memory plan: engine {mem['weights'] / g:.2f} GiB + KV cache {mem['kv_cache'] / g:.2f} GiB + "
+                  f"vision peak {mem['vision_peak'] / g:.2f} GiB, within a {mem['budget'] / g:.1f} GiB budget")
     con.print(f"total {out['total_ms']:.0f} ms (including load)")
 
 

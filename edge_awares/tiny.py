@@ -80,6 +80,35 @@ def make_tokenizer(vocab_size: int = 1024, extra_corpus: list[str] | None = None
     return tok
 
 
+def mrope_section(head_dim: int) -> list[int]:
+    """M-RoPE sections: head_dim/2 rotary frequencies split over (t, h, w) in Qwen's 2:3:3 proportion
+    ([16, 24, 24] for the released models' head_dim 128)."""
+    half = head_dim // 2
+    t_sec = half // 4
+    h_sec = (half - t_sec) // 2
+    return [t_sec, h_sec, half - t_sec - h_sec]
+
+
+def token_id_config(tok) -> tuple[dict, dict]:
+    """The tokenizer's special-token ids as (text-config entries, top-level Qwen2.5-VL config entries): a config
+    must name the ids of the tokenizer shipped beside it, not the hub's."""
+    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+    text = dict(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    top = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+               vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    return text, top
+
+
+def save_processors(tok, out: Path, min_pixels: int, max_pixels: int) -> None:
+    """Write `tok` (through PreTrainedTokenizerFast) and the Qwen2-VL image processor's config into `out`."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    hf_tok.save_pretrained(out)
+    Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels).save_pretrained(out)
+
+
 def make_tiny_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0, vocab_size: int = 1024,
                          initializer_range: float = 0.1, max_pixels: int = 1024 * 28 * 28,
                          min_pixels: int = 16 * 28 * 28, perturb: float = 0.1,
@@ -93,8 +122,7 @@ def make_tiny_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 
     """
     try:
         import torch
-        from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     except ImportError as e:
         raise BackendUnavailableError(f"building a checkpoint needs torch and transformers ({e.name} missing): "
                                       "pip install 'edge-awares[torch]'") from None
@@ -105,26 +133,19 @@ def make_tiny_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = make_tokenizer(vocab_size, extra_corpus)
-    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+    text_ids, top_ids = token_id_config(tok)
     hidden, layers, heads, kv, inter, v_hidden, v_depth, v_heads = PRESETS[preset]
-    head_dim = hidden // heads
-    # mrope sections split head_dim/2 rotary frequencies over (t, h, w) in Qwen's 2:3:3 proportion.
-    half = head_dim // 2
-    t_sec = half // 4
-    h_sec = (half - t_sec) // 2
     text = dict(vocab_size=tok.get_vocab_size(), hidden_size=hidden, intermediate_size=inter,
                 num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
                 max_position_embeddings=8192, initializer_range=initializer_range,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                 "mrope_section": [t_sec, h_sec, half - t_sec - h_sec]},
-                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+                                 "mrope_section": mrope_section(hidden // heads)},
+                **text_ids)
     text.update(overrides)
     vision = dict(depth=v_depth, hidden_size=v_hidden, intermediate_size=2 * v_hidden, num_heads=v_heads,
                   out_hidden_size=hidden, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
                   window_size=112, fullatt_block_indexes=[v_depth - 1], initializer_range=initializer_range)
-    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
-                              video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                              vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **top_ids)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     if perturb:
@@ -135,9 +156,7 @@ def make_tiny_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 
                 elif "norm" in name and name.endswith(".weight"):
                     p.normal_(1.0, perturb)
     model.save_pretrained(out, safe_serialization=True)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    hf_tok.save_pretrained(out)
-    Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels).save_pretrained(out)
+    save_processors(tok, out, min_pixels, max_pixels)
     (out / "edge_awares_tiny.json").write_text(json.dumps(
         {"preset": preset, "seed": seed, "note": note}, indent=1))
     return out
