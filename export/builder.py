@@ -424,7 +424,7 @@ def build_vision(src, shape: VisionShape, path: Path, q: Quant, progress=None) -
     x = linear(w, x, src.array(mp + "mlp.2.weight"), src.array(mp + "mlp.2.bias"), q, "merger.fc2")
     if act != TensorProto.FLOAT:
         x = _cast(w, x, TensorProto.FLOAT)
-    out = w.op("Gather", [x, "merge_order"], axis=0)
+    w.op("Gather", [x, "merge_order"], axis=0)
     w.nodes[-1].output[0] = VISION_OUTPUT
     inputs = [_vi("pixel_values", TensorProto.FLOAT, ["patches", s.in_features]),
               _vi("rotary_pos", TensorProto.INT64, ["patches", 2]),
@@ -433,6 +433,6 @@ def build_vision(src, shape: VisionShape, path: Path, q: Quant, progress=None) -
               _vi("image_index", TensorProto.INT64, ["images", "image_len"]),
               _vi("image_back", TensorProto.INT64, ["patches"]),
               _vi("merge_order", TensorProto.INT64, ["tokens"])]
-    assert [i.name for i in inputs] == list(VISION_INPUTS)
-    del out
+    if [i.name for i in inputs] != list(VISION_INPUTS):  # the runtime feeds VISION_INPUTS by name
+        raise RuntimeError("vision graph inputs out of step with runtimes/vision_layout.py")
     return w.finish(inputs, [_vi(VISION_OUTPUT, TensorProto.FLOAT, ["tokens", s.out_hidden])], "vision")

@@ -194,7 +194,7 @@ def _build(cfg: ExportConfig, info, tmp: Path, log) -> None:
     from edge_awares.session import SessionConfig
     from edge_awares.weights import WeightSource
 
-    from .builder import Quant, TextShape, VisionShape, build_decoder, build_vision
+    from .builder import Quant, TextShape, VisionShape, build_decoder, build_vision, kv_names
     from .plan import GiB, plan_export
 
     t_start = time.perf_counter()
@@ -256,7 +256,7 @@ def _build(cfg: ExportConfig, info, tmp: Path, log) -> None:
     shutil.copyfile(info.path / "tokenizer.json", tmp / "tokenizer.json")
 
     kv_dtype = "float16" if cfg.precision == "fp16" else "float32"
-    past, present = _kv_names(text.layers)
+    past, present = kv_names(text.layers)
     model_meta = {
         "hidden_size": text.hidden, "vocab_size": text.vocab, "num_layers": text.layers, "num_heads": text.heads,
         "num_kv_heads": text.kv_heads, "head_dim": text.head_dim, "parameters": src.numel,
@@ -344,7 +344,7 @@ def _build(cfg: ExportConfig, info, tmp: Path, log) -> None:
     if cfg.precision == "fp32":
         manifest["verification"]["fp32"] = record
     size = sum(f["bytes"] for f in manifest["files"].values())
-    fp32_size = _fp32_bytes(src)
+    fp32_size = 4 * src.numel  # the same model as an fp32 engine (a tied table stored once)
     manifest["sizes"] = {"engine_bytes": size, "fp32_bytes": fp32_size, "ratio_to_fp32": size / fp32_size}
     manifest["provenance"]["export_seconds"] = round(time.perf_counter() - t_start, 2)
     manifest["provenance"]["build_seconds"] = round(build_s, 2)
@@ -354,17 +354,6 @@ def _build(cfg: ExportConfig, info, tmp: Path, log) -> None:
 
 def _np_name(dtype: str) -> str:
     return {"float32": "float32", "float16": "float16"}[str(dtype)]
-
-
-def _kv_names(layers: int):
-    from .builder import kv_names
-
-    return kv_names(layers)
-
-
-def _fp32_bytes(src) -> int:
-    """What the same model takes as an fp32 engine (tied token table stored once)."""
-    return 4 * src.numel
 
 
 def _vision_qdq(cfg: ExportConfig, tmp: Path, protocol, crop_set, info, vshape, log):
