@@ -307,7 +307,7 @@ def _build(cfg: ExportConfig, info, tmp: Path, log) -> None:
     build_s = time.perf_counter() - t_start
     log(f"graphs written in {build_s:.0f} s; verifying against the PyTorch reference ({plan.reference}) ...")
 
-    dev = _verify(info, tmp, protocol, cfg, plan.reference, log)
+    dev = _verify(info, tmp, protocol, cfg, plan, log)
     top1_min, rel_max = cfg.gate_bounds()
     log(f"{cfg.precision} vs PyTorch fp32: tokens {'equal' if dev.tokens_equal else 'differ'}, token agreement "
         f"{dev.token_agreement:.2%}, teacher-forced top-1 {dev.top1_agreement:.2%}, max |dlogit| "
@@ -391,7 +391,7 @@ def _finalise(root: Path, manifest: dict, digests: dict | None = None) -> dict:
     return manifest
 
 
-def _verify(info, engine_dir: Path, protocol, cfg: ExportConfig, reference: str, log):
+def _verify(info, engine_dir: Path, protocol, cfg: ExportConfig, plan, log):
     """The reference runs the fixed conversations first and is released; then the engine runs them."""
     import gc
 
@@ -408,13 +408,14 @@ def _verify(info, engine_dir: Path, protocol, cfg: ExportConfig, reference: str,
     images: list[Image.Image] = [verify.fixed_image()] + [load_image(p) for p in cfg.calib_images[:2]]
     scfg = SessionConfig(max_new_tokens=cfg.verify_tokens, max_context=VERIFY_CONTEXT)
     manifest = load_manifest(engine_dir, check_files=False)
-    backend = TorchBackend(info.path, streamed=reference == "streamed")
+    backend = TorchBackend(info.path, streamed=plan.reference == "streamed")
     ref = Session(backend, TextTokenizer.from_file(engine_dir / "tokenizer.json"), protocol,
                   manifest.crop_set(), manifest.geometry(), scfg)
     runs = verify.record_reference(ref, images, max_new_tokens=cfg.verify_tokens)
     del ref, backend
     gc.collect()
-    cand = open_engine_session(engine_dir, config=scfg, check_files=False)
+    # The export's own budget (its plan), not the runtime's device default: the engine is checked here.
+    cand = open_engine_session(engine_dir, config=scfg, check_files=False, memory_budget_bytes=plan.budget)
     return verify.compare_to_reference(runs, cand, images, max_new_tokens=cfg.verify_tokens)
 
 

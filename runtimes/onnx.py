@@ -159,12 +159,13 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(self, engine: str | Path | Manifest, provider: str = "cpu", threads: int | None = None,
-                 check_files: bool = True, trt_cache_dir: str | Path | None = None, profile_dir: str | None = None):
+                 check_files: bool = True, trt_cache_dir: str | Path | None = None, profile_dir: str | None = None,
+                 memory_budget_bytes: int | None = None):
         self.ort = ort = _import_ort()
         check_provider(provider)
         self.manifest = engine if isinstance(engine, Manifest) else load_manifest(engine, check_files=check_files)
         self.provider = provider
-        self.budget = memory_budget()
+        self.budget = memory_budget_bytes or memory_budget()
         self._kv_held = self._vision_peak = 0
         threads = threads or engine_threads()
         m = self.manifest.model

@@ -254,3 +254,14 @@ def test_linked_engine_file_is_refused(tiny_engine, tmp_path):
     os.symlink(tmp_path / "tok.json", eng / "tokenizer.json")
     with pytest.raises(EngineIntegrityError, match="link"):
         load_manifest(eng)
+
+
+def test_export_checks_its_engine_under_its_own_budget_not_the_device_default(tiny_ckpt, tmp_path, monkeypatch):
+    from edge_awares.errors import MemoryBudgetError
+    from edge_awares.export.engine import ExportConfig, export_engine
+    from edge_awares.runtimes.onnx import open_engine_session
+
+    monkeypatch.setenv("EDGE_AWARES_MEMORY_BUDGET", "0.0001")  # a device too small for this engine
+    out = export_engine(ExportConfig(checkpoint=str(tiny_ckpt), output=str(tmp_path / "e")), log=_quiet)
+    with pytest.raises(MemoryBudgetError, match="over the budget"):
+        open_engine_session(out).run(make_doc(300, 200), "What is the total?", crops="none")
