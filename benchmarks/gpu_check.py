@@ -15,21 +15,29 @@ records them), medians over `--runs` after one warm-up, peak `torch.cuda.max_mem
 Target machine: one GPU, Python 3.12, torch 2.11 + transformers 5.17 preinstalled, no package index. The project
 travels as source: this script puts the repo root on sys.path and maps `edge_awares.runtimes` / `.export` /
 `.calibration` onto the top-level folders as pyproject's package-dir does, so no `pip install -e .` is needed.
-Wheels to carry (made on a machine with an index; sizes measured for these versions). The benchmark alone needs
-only Pillow; the training steps need the rest. The set is ~71 MB, over the device tool's 64 MiB carry, so it is
-two folders carried by two calls (installed packages stay while the machine is warm):
+The benchmark needs only Pillow beyond that machine; the training steps need the rest. Wheels to carry, made on a
+machine with an index (48 MB and 20 MB as measured; two folders because the device tool carries 64 MiB at most, so
+two calls, the first installing while the machine stays warm):
 
     pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 -d wheels-a pyarrow==21.0.0 pillow==13.0.0
     pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64 -d wheels-b trl==1.16.0 peft==0.21.2 accelerate==1.15.0 datasets==4.8.5 pandas==2.3.3 pytz tzdata python-dateutil six psutil dill==0.4.1 multiprocess==0.70.19 xxhash requests urllib3 charset-normalizer fsspec==2026.2.0 aiohttp aiohappyeyeballs aiosignal attrs frozenlist multidict propcache yarl
 
-and on the GPU machine `pip install --no-index --no-deps wheels-a/*.whl`, then `pip install --no-index --find-links
-wheels-b trl peft accelerate datasets`. Assumed of that machine (not checked here: no GPU in the session that wrote
-this): numpy, pyyaml, tokenizers, safetensors, huggingface-hub 1.x, httpx, jinja2 come with transformers 5.17 and
-torch; datasets 4.8.5 (not 5.x) because 5.x wants pyarrow >= 24 (55 MB) and transformers 5.17 wants
-huggingface-hub < 2. The APIs used exist in transformers 5.17 (checked against its wheel on CPU: building from a
-config, `_from_config(dtype=)`, `DynamicCache(config=)`, the vision tower's `pooler_output`, the PIL image processor,
-`gradient_checkpointing` as the TrainingArguments name: 5.17 predates `activation_checkpointing`, and the trainers pick
-whichever exists). The project pins transformers >= 5.20; anything that needs newer fails inside its section.
+Optional, recommended (13 MB more in wheels-b): the project's own transformers, so SFT needs no fallback (below):
+
+    pip download --no-deps --only-binary=:all: --python-version 3.12 -d wheels-b transformers==5.24.0 huggingface-hub==1.33.0
+
+Install there: `pip install --no-index --no-deps wheels-a/*.whl`, then `pip install --no-index --find-links wheels-b
+trl peft accelerate datasets` (add `transformers==5.24.0` if carried). --no-deps leaves torch and transformers out
+of the downloads; the rest of their dependencies (numpy, pyyaml, tokenizers, safetensors, huggingface-hub 1.x,
+httpx, jinja2, packaging, tqdm, filelock) are assumed present with them. datasets 4.8.5, not 5.x: 5.x wants
+pyarrow >= 24 (55 MB) and 4.8.5 keeps huggingface-hub < 2 as transformers 5.17 wants. Assumed of transformers 5.17
+and checked against its wheel on CPU (this script's --tiny run passes on it): building from a config,
+`_from_config(dtype=)`, `DynamicCache(config=)`, the vision tower's `pooler_output`, the PIL image processor, the
+`gradient_checkpointing` argument name (the trainers pick whichever name exists). One thing it lacks: TRL 1.16
+refuses assistant-only loss on vision data below transformers 5.18, and 5.17's assistant mask ignores image-token
+expansion; the SFT step then runs the project's trainer with TRL's check off and the mask found from the token ids
+(`_sft_on_old_transformers`; its labels equal newer transformers' on the test data) and says so in the result.
+torch 2.11 was not available to test; torch 2.13 was used.
 """
 
 from __future__ import annotations
