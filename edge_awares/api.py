@@ -74,7 +74,9 @@ def default_tiny_checkpoint() -> Path:
     """A tiny random-init checkpoint built once into the user cache (until a trained demo engine ships)."""
     from .tiny import make_tiny_checkpoint
 
-    root = Path(os.environ.get("EDGE_AWARES_CACHE", Path.home() / ".cache" / "edge-awares"))
+    from .paths import cache_dir
+
+    root = cache_dir()
     path = root / "tiny-qwen2_5_vl"
     if not (path / "model.safetensors").is_file():
         tmp = root / f".tiny-{os.getpid()}"

@@ -244,5 +244,6 @@ def _stamp_path(root: Path) -> Path | None:
         key = hashlib.sha256(str(root.resolve()).encode() + b"\0" + (root / MANIFEST).read_bytes()).hexdigest()
     except OSError:
         return None
-    cache = Path(os.environ.get("EDGE_AWARES_CACHE", Path.home() / ".cache" / "edge-awares"))
-    return cache / "verified" / f"{key[:32]}.json"
+    from .paths import cache_dir
+
+    return cache_dir() / "verified" / f"{key[:32]}.json"

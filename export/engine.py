@@ -103,10 +103,9 @@ class ExportConfig:
         out = Path(self.output)
         if out.exists() and not self.force:
             raise ConfigError(f"{out} already exists; remove it or pass --force")
-        if self.max_context is not None and not 64 <= self.max_context <= 1 << 20:
-            raise ConfigError("--max-context must lie in [64, 1048576]")
-        if self.max_new_tokens is not None and not 1 <= self.max_new_tokens <= 1 << 16:
-            raise ConfigError("--max-new-tokens must lie in [1, 65536]")
+        from edge_awares.api import check_limits
+
+        check_limits(max_new_tokens=self.max_new_tokens, max_context=self.max_context)
         for p in self.calib_images:
             if not Path(p).is_file():
                 raise ConfigError(f"calibration image {p} does not exist")
@@ -213,9 +212,7 @@ def _build(cfg: ExportConfig, info, tmp: Path, log) -> None:
         crop_set = CropSet.from_dict(policy["crop_set"])
     else:
         crop_set = AWARES_CROPS
-    defaults = SessionConfig()
-    max_context = cfg.max_context or defaults.max_context
-    max_new_tokens = cfg.max_new_tokens or defaults.max_new_tokens
+    limits = SessionConfig().with_overrides(max_new_tokens=cfg.max_new_tokens, max_context=cfg.max_context)
 
     src = WeightSource(info.path)
     text = TextShape.from_config(info.config, src)
@@ -277,8 +274,8 @@ def _build(cfg: ExportConfig, info, tmp: Path, log) -> None:
         "format": FORMAT, "schema_version": SCHEMA_VERSION, "family": info.family.model_type,
         "precision": cfg.precision, "model": model_meta, "protocol": protocol.to_dict(), "crop_set": crop_set.to_dict(),
         "geometry": info.geometry.to_dict(), "special_tokens": tok_ids, "tokenizer": "tokenizer.json",
-        "generation": {"max_new_tokens": max_new_tokens, "max_crop_turns": defaults.max_crop_turns,
-                       "max_context": max_context, "temperature": 0.0,
+        "generation": {"max_new_tokens": limits.max_new_tokens, "max_crop_turns": limits.max_crop_turns,
+                       "max_context": limits.max_context, "temperature": 0.0,
                        "stop_tokens": [t for t in ("<|im_end|>", "<|endoftext|>") if t in tok_ids]},
         "graphs": {
             "vision": {"file": "vision.onnx", "data_files": vision_files[1:], "inputs": list(VISION_INPUTS),

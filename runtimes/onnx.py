@@ -111,7 +111,9 @@ def _providers(provider: str, graph: str, manifest: Manifest, cache_dir: Path | 
 def _trt_cache_dir(manifest: Manifest) -> Path:
     """Plans are per device and per graph: cached outside the (possibly read-only) engine directory, keyed
     by the vision graph's sha256."""
-    root = Path(os.environ.get("EDGE_AWARES_CACHE", Path.home() / ".cache" / "edge-awares"))
+    from edge_awares.paths import cache_dir
+
+    root = cache_dir()
     key = manifest.data["files"][manifest.graph("vision")["file"]]["sha256"][:16]
     return root / "tensorrt" / key
 
@@ -201,7 +203,6 @@ class OnnxBackend:
                               f"[{self.vocab_size}, {self.hidden_size}] ({emb['file']})")
         self._embeds_dtype = np.float16 if dec.get("embeds_dtype") == "float16" else np.float32
 
-    # -- Backend interface -------------------------------------------------------------------------
     # -- memory budget ------------------------------------------------------------------------------
     def weights_bytes(self) -> int:
         """Bytes of the engine's files (the weights onnxruntime maps or loads)."""
@@ -236,6 +237,7 @@ class OnnxBackend:
         return {"budget": self.budget, "weights": self.weights_bytes(), "kv_cache": self._kv_held,
                 "vision_peak": self._vision_peak}
 
+    # -- Backend interface -------------------------------------------------------------------------
     def encode_images(self, views: list[View]) -> list[np.ndarray]:
         if not views:
             return []
@@ -312,10 +314,8 @@ def open_engine_session(engine: str | Path, protocol: str | None = None, config=
         proto = get_protocol(protocol)
     if config is None:
         gen = manifest.data["generation"]
-        default = SessionConfig()
-        config = SessionConfig(max_new_tokens=int(gen.get("max_new_tokens", default.max_new_tokens)),
-                               max_crop_turns=int(gen.get("max_crop_turns", default.max_crop_turns)),
-                               max_context=int(gen.get("max_context", default.max_context)))
+        config = SessionConfig().with_overrides(**{k: int(gen[k]) for k in ("max_new_tokens", "max_crop_turns",
+                                                                           "max_context") if k in gen})
     config = config.with_overrides(**(overrides or {}))
     backend = OnnxBackend(manifest, provider=provider, **backend_options)
     tok = TextTokenizer.from_file(manifest.root / manifest.data["tokenizer"])
