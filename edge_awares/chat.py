@@ -22,6 +22,12 @@ IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"
 
 
+class Markup(str):
+    """Trusted template text: the renderer's own strings, a protocol's system prompt and tool calls. The text of
+    an added token inside it (`<tool_call>`) becomes that token, as the chat template renders it. Every other
+    string piece is content (a question, a data answer) and is escaped: no content can produce a control token."""
+
+
 @dataclass(frozen=True)
 class Special:
     """A control token, rendered by id."""
@@ -50,6 +56,17 @@ def tool_block(tools: list[dict]) -> str:
     )
 
 
+def check_content(text: str, control_texts, where: str) -> None:
+    """DataError if content `text` (a question or answer in training data) holds the text of a control token.
+    The runtime escapes such text (Markup), but TRL renders training conversations with the chat template, which
+    would turn it into the real token: such a sample would train on a conversation the runtime never shows."""
+    from .errors import DataError
+
+    for token in control_texts:
+        if token in text:
+            raise DataError(f"{where}: the text holds the control token {token!r}; remove it from the data")
+
+
 def system_pieces(system: str | None, tools: list[dict] | None) -> list:
     if tools:
         text = (system + "\n\n" if system else "") + tool_block(tools)
@@ -57,7 +74,7 @@ def system_pieces(system: str | None, tools: list[dict] | None) -> list:
         return []
     else:
         text = system
-    return [Special(IM_START), "system\n" + text, Special(IM_END), "\n"]
+    return [Special(IM_START), Markup("system\n" + text), Special(IM_END), Markup("\n")]
 
 
 def message_pieces(msg: Message, prev_role: str | None = None, next_role: str | None = None) -> list:
@@ -65,21 +82,21 @@ def message_pieces(msg: Message, prev_role: str | None = None, next_role: str | 
     out: list = []
     if msg.role == "tool":
         if prev_role != "tool":
-            out += [Special(IM_START), "user"]
-        out.append("\n<tool_response>\n")
+            out += [Special(IM_START), Markup("user")]
+        out.append(Markup("\n<tool_response>\n"))
         out += list(msg.content)
-        out.append("\n</tool_response>")
+        out.append(Markup("\n</tool_response>"))
         if next_role != "tool":
-            out += [Special(IM_END), "\n"]
+            out += [Special(IM_END), Markup("\n")]
         return out
-    out += [Special(IM_START), msg.role + "\n"]
+    out += [Special(IM_START), Markup(msg.role + "\n")]
     out += list(msg.content)
-    out += [Special(IM_END), "\n"]
+    out += [Special(IM_END), Markup("\n")]
     return out
 
 
 def generation_prompt() -> list:
-    return [Special(IM_START), "assistant\n"]
+    return [Special(IM_START), Markup("assistant\n")]
 
 
 def conversation_pieces(system: str | None, tools: list[dict] | None, messages: list[Message],
@@ -106,14 +123,15 @@ class Encoded:
 
 
 def encode(pieces: list, tok: TextTokenizer) -> Encoded:
-    """Pieces to ids. Adjacent text pieces are joined first, so tokenization matches a whole-string encode."""
+    """Pieces to ids. Adjacent text pieces are joined first, so tokenization matches a whole-string encode;
+    added-token text becomes a token only inside Markup pieces (see Markup)."""
     ids: list[int] = []
     images: list[tuple[int, View]] = []
     buf: list[str] = []
 
     def flush():
         if buf:
-            ids.extend(tok.encode("".join(buf)))
+            ids.extend(_encode_text(buf, tok))
             buf.clear()
 
     for p in pieces:
@@ -132,3 +150,29 @@ def encode(pieces: list, tok: TextTokenizer) -> Encoded:
             raise TypeError(f"cannot render piece of type {type(p).__name__}")
     flush()
     return Encoded(np.asarray(ids, dtype=np.int64), images)
+
+
+def _encode_text(parts: list[str], tok: TextTokenizer) -> list[int]:
+    """Joined text parts to ids: the tokenizer splits at added tokens before its model runs, so splitting the
+    joined string at the added tokens that lie wholly inside Markup parts, and encoding the rest as plain text,
+    is the tokenizer's own result on trusted text and escapes content."""
+    import re
+
+    text = "".join(parts)
+    if all(isinstance(p, Markup) for p in parts):
+        return tok.encode_markup(text)
+    if not any(isinstance(p, Markup) for p in parts):
+        return tok.encode(text)
+    added = tok.added_tokens()
+    trusted, pos = [], 0
+    for p in parts:
+        if isinstance(p, Markup):
+            trusted.append((pos, pos + len(p)))
+        pos += len(p)
+    pattern = re.compile("|".join(re.escape(t) for t in sorted(added, key=len, reverse=True)))
+    ids, start = [], 0
+    for m in pattern.finditer(text):
+        if any(a <= m.start() and m.end() <= b for a, b in trusted):
+            ids += tok.encode(text[start:m.start()]) + [added[m.group()]]
+            start = m.end()
+    return ids + tok.encode(text[start:])

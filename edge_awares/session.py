@@ -172,7 +172,7 @@ class Session:
             parsed = self.protocol.parse(text, self.crop_set)
             turn.text, turn.parsed, turn.crop_ids = text, "forced", list(parsed.crop_ids)
             # The request enters the cache as if the model had written it, but with mask 0.
-            state.pending = [(i, 0) for i in self.tok.encode(text)] + [(self._im_end, 0)]
+            state.pending = [(i, 0) for i in self.tok.encode_markup(text)] + [(self._im_end, 0)]
         else:
             parsed = self.protocol.parse(turn.text, self.crop_set)
             turn.parsed, turn.crop_ids = parsed.kind, list(parsed.crop_ids)

@@ -28,7 +28,7 @@ class ScriptedBackend:
 
     def __init__(self, tokenizer, scripts: list[str], stop: str = "<|im_end|>"):
         self.vocab_size = tokenizer.vocab_size
-        self.scripts = [tokenizer.encode(s) + [tokenizer.token_id(stop)] for s in scripts]
+        self.scripts = [tokenizer.encode_markup(s) + [tokenizer.token_id(stop)] for s in scripts]
         self.turn = -1
         self.step = 0
         self.image_calls: list[int] = []  # views per encode_images call

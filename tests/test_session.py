@@ -71,7 +71,7 @@ def test_forced_crops_are_mask_zero(tok):
     assert r.turns[0].parsed == "forced" and r.turns[0].generated_ids == []
     assert int(r.mask.sum()) == len(r.turns[1].generated_ids)
     assert be.image_calls == [1, 2]  # turn 2: both crops in one batched call
-    req_ids = tok.encode(REQ["tool_call"].replace('["3"]', '["0", "4"]'))
+    req_ids = tok.encode_markup(REQ["tool_call"].replace('["3"]', '["0", "4"]'))
     start = r.turns[0].prefill_tokens
     assert r.ids[start:start + len(req_ids)].tolist() == req_ids
 

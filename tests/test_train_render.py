@@ -73,7 +73,7 @@ def test_request_turn_weighted(setup):
     batch = s.collator([s.renderer.row(traj)])
     w, trained = batch["loss_weights"][0], batch["labels"][0] != -100
     conv = s.renderer.conversation(traj)
-    request_ids = s.tok.encode(conv.messages[1].content[0]) + [s.tok.token_id("<|im_end|>")]
+    request_ids = s.tok.encode_markup(conv.messages[1].content[0]) + [s.tok.token_id("<|im_end|>")]
     answer_ids = s.tok.encode(conv.messages[3].content[0]) + [s.tok.token_id("<|im_end|>")]
     assert (w[trained] == 5.0).sum() == len(request_ids) and (w[trained] == 1.0).sum() == len(answer_ids)
     assert (w[~trained] == 0).all()
@@ -101,7 +101,7 @@ def test_grpo_rollout_ids_equal_session(setup):
                                           chat_template=template, add_generation_prompt=True, tokenize=True,
                                           return_dict=True)["input_ids"][0]
     im_end = s.tok.token_id("<|im_end|>")
-    request = s.tok.encode(conv.messages[1].content[0]) + [im_end]
+    request = s.tok.encode_markup(conv.messages[1].content[0]) + [im_end]
     tool_message = {"role": "tool", "name": "crop", "content": env.crop(regions=list(traj.crop_ids))}
     trainer = SimpleNamespace(processing_class=proc, _is_vlm=True, chat_template=template, chat_template_kwargs={},
                               _tokenizer=proc.tokenizer)

@@ -16,7 +16,7 @@ import re
 
 from PIL import Image
 
-from ..chat import Message
+from ..chat import Markup, Message
 from ..crops import CropSet
 from ..views import Geometry, View
 from .base import Parsed, Protocol, resolve_tokens
@@ -53,7 +53,7 @@ class AwaresProtocol(Protocol):
         return Parsed("request", text, crop_ids=ids, dropped=dropped)
 
     def request_text(self, crop_ids, crop_set, first_view: View, image: Image.Image) -> str:
-        return f"{TOOL_CALL_PATTERN}: [" + ", ".join(f"'{c}'" for c in crop_ids) + "]"
+        return Markup(f"{TOOL_CALL_PATTERN}: [" + ", ".join(f"'{c}'" for c in crop_ids) + "]")
 
     def crop_turn(self, views: list[View], question: str) -> Message:
         return Message("user", list(views))

@@ -65,7 +65,8 @@ class Protocol(ABC):
 
     @abstractmethod
     def request_text(self, crop_ids: list[str], crop_set: CropSet, first_view: View, image: Image.Image) -> str:
-        """The assistant text of a request for `crop_ids`, as the policy is trained to write it."""
+        """The assistant text of a request for `crop_ids`, as the policy is trained to write it: a chat.Markup,
+        since it is the policy's own writing (an added token's text in it, `<tool_call>`, is that token)."""
 
     def crop_views(self, parsed: Parsed, image: Image.Image, crop_set: CropSet, geometry: Geometry,
                    first_view: View) -> list[View]:

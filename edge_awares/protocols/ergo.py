@@ -13,7 +13,7 @@ import re
 
 from PIL import Image
 
-from ..chat import Message
+from ..chat import Markup, Message
 from ..crops import ALL, CropSet
 from ..views import Geometry, View, box_view, make_view
 from .base import Parsed, Protocol
@@ -77,7 +77,7 @@ class ErgoProtocol(Protocol):
         sx, sy = first_view.width / image.width, first_view.height / image.height
         l, t = min(b[0] for b in boxes) * sx, min(b[1] for b in boxes) * sy
         r, b_ = max(b[2] for b in boxes) * sx, max(b[3] for b in boxes) * sy
-        return f"<zoom>[{round(l)}, {round(t)}, {round(r)}, {round(b_)}]</zoom>"
+        return Markup(f"<zoom>[{round(l)}, {round(t)}, {round(r)}, {round(b_)}]</zoom>")
 
     def original_box(self, parsed: Parsed, image: Image.Image, crop_set: CropSet, first_view: View):
         """The requested box in original-image pixels: scaled, widened by the margin, at least min_side, clamped."""

@@ -13,7 +13,7 @@ import re
 
 from PIL import Image
 
-from ..chat import Message
+from ..chat import Markup, Message
 from ..crops import CropSet
 from ..views import View
 from .base import Parsed, Protocol, resolve_tokens
@@ -75,7 +75,7 @@ class ToolCallProtocol(Protocol):
 
     def request_text(self, crop_ids, crop_set, first_view: View, image: Image.Image) -> str:
         args = json.dumps({"regions": list(crop_ids)}, ensure_ascii=False)
-        return '<tool_call>\n{"name": "' + TOOL_NAME + '", "arguments": ' + args + "}\n</tool_call>"
+        return Markup('<tool_call>\n{"name": "' + TOOL_NAME + '", "arguments": ' + args + "}\n</tool_call>")
 
     def crop_turn(self, views: list[View], question: str) -> Message:
         return Message("tool", list(views))

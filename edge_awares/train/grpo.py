@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-from ..chat import encode, generation_prompt, message_pieces
+from ..chat import check_content, encode, generation_prompt, message_pieces
 from ..crops import ALL, CropSet
 from ..data.format import iter_jsonl, read_samples, read_trajectories
 from ..errors import BackendUnavailableError, DataError, TrainError
@@ -230,7 +230,7 @@ def _budget_for_size(size, protocol, crop_set, geometry, tok, answer_tokens) -> 
     request = protocol.request_text([ALL], crop_set, first, image)
     views = crop_views(image, crop_set, [ALL], geometry)
     turn = ["\n"] + message_pieces(protocol.crop_turn(views, ""), prev_role="assistant")
-    return len(tok.encode(request)) + 1 + len(encode(turn + generation_prompt(), tok)) + answer_tokens + 1
+    return len(tok.encode_markup(request)) + 1 + len(encode(turn + generation_prompt(), tok)) + answer_tokens + 1
 
 
 def prompt_messages(protocol: Protocol, crop_set: CropSet) -> list[dict]:
@@ -240,11 +240,13 @@ def prompt_messages(protocol: Protocol, crop_set: CropSet) -> list[dict]:
     return ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": ""}]
 
 
-def build_dataset(items: list[EvalItem], protocol: Protocol, crop_set: CropSet):
+def build_dataset(items: list[EvalItem], protocol: Protocol, crop_set: CropSet, control_texts=()):
     from datasets import Dataset
 
     if not items:
         raise DataError("no GRPO prompts")
+    for it in items:
+        check_content(it.question, control_texts, f"GRPO prompt {it.id!r}")
     prompt = prompt_messages(protocol, crop_set)
     # The original image travels as `image_path`: a column named `image` would make TRL treat it as a prompt image.
     return Dataset.from_list([{"prompt": prompt, "image_path": it.image, "question": it.question,
@@ -303,7 +305,7 @@ def train_grpo(cfg: GRPORunConfig, log=print, callbacks: list | None = None) -> 
         raise TrainError(f"max_completion_length={max_completion} is below the {need} tokens a request for the whole "
                          "image needs on the largest training image (TRL counts crop image tokens in it and silently "
                          "drops tool results that overflow); raise it or leave it unset")
-    dataset = build_dataset(train, protocol, crop_set)
+    dataset = build_dataset(train, protocol, crop_set, control_texts=tuple(tok.added_tokens()))
     processor = make_processor(info.path, geometry)
     processor.tokenizer.padding_side = "left"  # GRPO generates from left-padded prompts
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..chat import Message
+from ..chat import Message, check_content
 from ..crops import CropSet
 from ..data.format import Trajectory
 from ..errors import BackendUnavailableError, DataError, ProtocolError, TrainError
@@ -108,8 +108,10 @@ class TrajectoryRenderer:
     `request_weight` multiplies the loss of every crop-request turn (AwaRes: 5); answers weigh 1.
     """
 
-    def __init__(self, protocol: Protocol, crop_set: CropSet, geometry: Geometry, request_weight: float = 5.0):
+    def __init__(self, protocol: Protocol, crop_set: CropSet, geometry: Geometry, request_weight: float = 5.0,
+                 control_texts: tuple[str, ...] = ()):
         self.protocol, self.crop_set = protocol, crop_set
+        self.control_texts = tuple(control_texts)  # the tokenizer's added tokens: refused in content (chat.check_content)
         self.geometry = protocol.geometry(geometry)  # what Session uses
         self.request_weight = float(request_weight)
         self._cache: tuple[str, Image.Image] | None = None
@@ -136,6 +138,8 @@ class TrajectoryRenderer:
         for i, m in enumerate(traj.messages):
             role = m["role"]
             where = f"trajectory {traj.id!r}, message {i}"
+            check_content(traj.question if role == "user" and i == 0 else "", self.control_texts, where)
+            check_content(_text(m), self.control_texts, where)
             if role == "user":
                 if i != 0:
                     raise DataError(f"{where}: only the first message may be the user's (the crop turn is 'tool')")
@@ -155,7 +159,7 @@ class TrajectoryRenderer:
                 pending = p.parse(text, cs)  # the runtime's parser decides what the request fetches
                 if pending.kind != "request":
                     raise TrainError(f"{where}: protocol {p.name!r} does not parse its own request {text!r}")
-                msgs.append(Message("assistant", [text]))
+                msgs.append(Message("assistant", [text]))  # a Markup: the policy's own tool call
                 weights.append(self.request_weight)
                 requests.append(True)
             elif role == "tool":

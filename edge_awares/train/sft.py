@@ -144,7 +144,8 @@ def train_sft(cfg: SFTRunConfig, log=print, callbacks: list | None = None) -> Pa
         train, val = trajs, read_trajectories(data_file(cfg.val_data, "trajectories.jsonl"))
     else:
         train, val = split_items(trajs, cfg.val_fraction, cfg.seed)
-    renderer = TrajectoryRenderer(protocol, crop_set, info.geometry, cfg.request_weight)
+    renderer = TrajectoryRenderer(protocol, crop_set, info.geometry, cfg.request_weight,
+                                  control_texts=tuple(TextTokenizer.from_file(info.path).added_tokens()))
     dataset = build_dataset(train, renderer)  # renders every trajectory: misfits fail here, before the model loads
     processor = make_processor(info.path, renderer.geometry)
     collator = make_collator(processor, renderer, cfg.max_length)
