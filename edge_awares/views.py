@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .crops import ALL, CropSet
-from .errors import ImageError
+from .errors import ConfigError, ImageError
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -44,12 +44,66 @@ class Geometry:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Geometry":
+        """A geometry from its dict (missing fields keep their defaults, unknown ones are ignored), checked.
+
+        Raises ConfigError naming the field and its legal range ("geometry.patch_size = 0 is out of range;
+        legal: 1..64"): the manifest and the TensorRT profiles build views from these numbers, and a zero
+        patch or a NaN std would only surface as a division by zero or NaN pixels later.
+        """
+        if not isinstance(d, dict):
+            raise ConfigError(f"geometry = {show(d)} is not a mapping of its fields")
         kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**kw)
+        return cls(**kw).check()
+
+    def check(self) -> "Geometry":
+        """This geometry if every field is of its type and in its range (GEOMETRY_LIMITS); else ConfigError."""
+        for name, (lo, hi) in GEOMETRY_LIMITS.items():
+            check_number(f"geometry.{name}", getattr(self, name), lo, hi)
+        if self.max_pixels < self.min_pixels:
+            raise ConfigError(f"geometry.max_pixels = {self.max_pixels} is below geometry.min_pixels = "
+                              f"{self.min_pixels}; legal: min_pixels..{GEOMETRY_LIMITS['max_pixels'][1]}")
+        if self.max_pixels < self.factor ** 2:
+            raise ConfigError(f"geometry.max_pixels = {self.max_pixels} is under one visual token "
+                              f"({self.factor}x{self.factor} px); legal: {self.factor ** 2}.."
+                              f"{GEOMETRY_LIMITS['max_pixels'][1]}")
+        check_number("geometry.lowres_scale", self.lowres_scale, 0, 1, integer=False, lo_open=True)
+        for name, (lo, hi) in (("image_mean", (0, 1)), ("image_std", (1e-6, 10))):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or len(value) != 3:
+                raise ConfigError(f"geometry.{name} = {show(value)} is not 3 numbers (one per RGB channel)")
+            for i, v in enumerate(value):
+                check_number(f"geometry.{name}[{i}]", v, lo, hi, integer=False)
+        return self
 
     def with_max_tokens(self, tokens: int) -> "Geometry":
         """The same geometry with the per-image cap set to `tokens` visual tokens."""
         return Geometry(**{**self.__dict__, "max_pixels": tokens * self.factor * self.factor})
+
+
+# Legal ranges of the integer fields (a 64-px patch, an 8x8 merge and 2^28 px = 16k x 16k are far past any
+# Qwen2.5-VL; they bound what a hand-written or corrupt manifest can ask the runtime to allocate).
+GEOMETRY_LIMITS = {"patch_size": (1, 64), "merge_size": (1, 8), "temporal_patch_size": (1, 16),
+                   "min_pixels": (1, 1 << 28), "max_pixels": (1, 1 << 28)}
+
+
+def show(value, limit: int = 40) -> str:
+    """repr(value), cut to `limit` characters: error messages stay one short line whatever a file holds."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def check_number(name: str, value, lo, hi, integer: bool = True, lo_open: bool = False):
+    """`value` if it is a number in [lo, hi] ((lo, hi] with `lo_open`), an int when `integer` (a bool is
+    never a number here); else ConfigError "NAME = VALUE is out of range; legal: LO..HI". The one range
+    check the geometry and the engine manifest (edge_awares/manifest.py) share, so their messages read alike.
+    """
+    legal = f"over {lo} up to {hi}" if lo_open else f"{lo}..{hi}"
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise ConfigError(f"{name} = {show(value)} is not {'an integer' if integer else 'a number'}; legal: {legal}")
+    finite = isinstance(value, int) or math.isfinite(value)  # an int may be too large to convert to float
+    if not (finite and (lo < value if lo_open else lo <= value) and value <= hi):
+        raise ConfigError(f"{name} = {show(value)} is out of range; legal: {legal}")
+    return value
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:

@@ -12,7 +12,7 @@ import pytest
 from _engine_fixtures import *  # noqa: F401,F403  (fixtures)
 from _engine_fixtures import open_onnx
 from edge_awares.errors import EngineError, EngineIntegrityError, EngineVersionError
-from edge_awares.manifest import MANIFEST, SCHEMA_VERSION, load_manifest
+from edge_awares.manifest import MANIFEST, SCHEMA_VERSION, load_manifest, seal
 
 
 @pytest.fixture
@@ -23,17 +23,20 @@ def engine_copy(tiny_engine, tmp_path):
 
 
 def _edit(engine, fn):
+    """Alter the manifest on purpose and re-seal it, so that the check under test fires, not the digest's."""
     path = engine / MANIFEST
     data = json.loads(path.read_text())
     fn(data)
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(seal(data)))
 
 
 def test_exported_manifest_is_complete(tiny_engine):
     m = load_manifest(tiny_engine)
     d = m.data
     assert d["schema_version"] == SCHEMA_VERSION and d["family"] == "qwen2_5_vl" and d["precision"] == "fp32"
-    assert set(d["files"]) == {p.name for p in tiny_engine.iterdir() if p.name != MANIFEST}
+    from edge_awares.outputs import MARKER
+
+    assert set(d["files"]) == {p.name for p in tiny_engine.iterdir() if p.name not in (MANIFEST, MARKER)}
     assert d["provenance"]["source_sha256"] and d["provenance"]["versions"]["onnxruntime"]
     assert d["verification"]["fp32"]["tokens_equal"] is True
     assert d["verification"]["fp32"]["rel_logit_err"] < 1e-4

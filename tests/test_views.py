@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from edge_awares.crops import AWARES_CROPS
 from edge_awares.errors import ImageError
