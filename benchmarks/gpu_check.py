@@ -205,11 +205,12 @@ def build(size: str, device: str, work: Path):
     if size == "tiny":
         from transformers import Qwen2_5_VLForConditionalGeneration
 
+        from edge_awares.models import load_pretrained
         from edge_awares.tiny import make_tiny_checkpoint
 
         # std 0.02, not the tests' 0.1: large random weights run eager torch several times slower (FACTS.md).
-        ckpt = make_tiny_checkpoint(work / "tiny", preset="tiny", initializer_range=0.02)
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(ckpt), dtype=dtype).to(device)
+        ckpt = make_tiny_checkpoint(work / "tiny", preset="tiny", initializer_range=0.02, force=True)  # --work reruns
+        model = load_pretrained(Qwen2_5_VLForConditionalGeneration, ckpt, dtype=dtype).to(device)
         tok = TextTokenizer.from_file(ckpt)
     else:
         from transformers import Qwen2_5_VLForConditionalGeneration
@@ -495,7 +496,7 @@ def train_section(args, device: str, work: Path, deadline: float) -> dict:
     if args.tiny:
         from edge_awares.tiny import make_tiny_checkpoint
 
-        base = make_tiny_checkpoint(work / "train-base", preset="tiny", initializer_range=0.02)
+        base = make_tiny_checkpoint(work / "train-base", preset="tiny", initializer_range=0.02, force=True)
     else:
         from edge_awares.train.steptime import make_arch_checkpoint
 
@@ -505,7 +506,7 @@ def train_section(args, device: str, work: Path, deadline: float) -> dict:
                          "gib_on_disk": round(sum(f.stat().st_size for f in base.glob("*.safetensors")) / 2**30, 2)}
     # 448 px pages (the generator's default): a random policy never stops, so each GRPO rollout runs to
     # max_completion_length, which the trainer sizes from the page (request + whole page at native size + answer).
-    samples_file = write_dataset(work / "train-data", n=16, seed=0)
+    samples_file = write_dataset(work / "train-data", n=16, seed=0, force=True)  # --work reruns replace their own
     trajs = [Trajectory.from_sample(s, s.crop_ids if s.needs_detail else []) for s in read_samples(samples_file)]
     traj_file = write_trajectories(work / "train-data" / "trajectories.jsonl", trajs, image_dir=None)
     common = dict(max_steps=1, save_strategy="no", val_fraction=0.0, val_samples=0, eval_steps=0, logging_steps=1,

@@ -2,6 +2,8 @@
 
 Only what the runtime needs is read here (config.json, preprocessor_config.json, tokenizer.json), with plain
 json: no transformers. Supported: Qwen2.5-VL. Adding a family means one registry entry and its adapter.
+`load_pretrained` is the one weight loader of the project (safetensors only, never pickle); callers pass the
+transformers class, so this module still imports no transformers.
 """
 
 from __future__ import annotations
@@ -57,8 +59,7 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
     if not isinstance(arch, list) or any(not isinstance(a, str) or not a.startswith("Qwen2_5_VL") for a in arch):
         raise ModelLoadError(f"{path}: architectures {arch!r} name another model family than {FAMILIES[mtype].title} "
                              "(model_type says otherwise: a mismatched config)")
-    if not any(path.glob("*.safetensors")):
-        raise ModelLoadError(f"{path}: no *.safetensors weights (pickle .bin files are not loaded)")
+    require_safetensors(path)
     if not (path / "tokenizer.json").is_file():
         raise ModelLoadError(f"{path}: no tokenizer.json")
     v = config.get("vision_config", {})
@@ -83,3 +84,65 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
         except json.JSONDecodeError as e:
             raise ModelLoadError(f"{path / POLICY_FILE}: unreadable ({e})") from None
     return CheckpointInfo(path=path, family=FAMILIES[mtype], config=config, geometry=Geometry(**geo), policy=policy)
+
+
+def require_safetensors(path: str | Path) -> Path:
+    """`path` as a Path if it is a checkpoint folder with *.safetensors weights. ModelLoadError otherwise: a folder
+    holding only pickle weights (`pytorch_model.bin`) is refused here, before any loader could unpickle it."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelLoadError(f"{path}: no such checkpoint folder")
+    if not any(path.glob("*.safetensors")):
+        found = sorted(p.name for p in path.glob("*.bin")) or ["none"]
+        raise ModelLoadError(f"{path}: no *.safetensors weights (found {', '.join(found[:3])}; pickle .bin "
+                             "files are not loaded: convert them to safetensors)")
+    return path
+
+
+def load_pretrained(classes, path: str | Path, **kwargs):
+    """The one place the project loads transformers weights: `cls.from_pretrained(path, use_safetensors=True,
+    trust_remote_code=False, **kwargs)`, so torch.load (pickle) and checkpoint code never run.
+
+    `classes`: a transformers model class, or several tried in order (the next one is tried when a class does not
+    accept the folder's config, e.g. AutoModelForCausalLM on a VLM). Raises ModelLoadError: no safetensors
+    weights, or transformers could not load them.
+    """
+    from safetensors import SafetensorError
+    from transformers.utils import logging as hf_logging
+
+    path = require_safetensors(path)
+    classes = classes if isinstance(classes, (tuple, list)) else (classes,)
+    error = None
+    for cls in classes:
+        level = hf_logging.get_verbosity()
+        # transformers prints a multi-line load report before it raises on mismatched shapes; the error below
+        # says it in one line
+        hf_logging.set_verbosity_error()
+        try:
+            model, info = cls.from_pretrained(str(path), use_safetensors=True, trust_remote_code=False,
+                                              output_loading_info=True, **kwargs)
+            # transformers fills missing or mis-shaped weights with random ones and only logs it: a checkpoint
+            # that lacks weights would run as noise, so it is refused
+            for what in ("missing_keys", "mismatched_keys"):
+                keys = sorted(str(k) for k in info.get(what) or ())
+                if keys:
+                    shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+                    raise ModelLoadError(f"{path}: the checkpoint's weights do not fit config.json "
+                                         f"({what.replace('_keys', '')}: {shown})")
+            return model
+        except ValueError as e:  # e.g. "Unrecognized configuration class" for this Auto class: try the next
+            error = e
+        except SafetensorError as e:  # a truncated or corrupt file
+            error = f"a safetensors file is truncated or corrupt: {e}"
+            break
+        except RuntimeError as e:  # transformers: weights whose shapes config.json does not describe
+            text = str(e)
+            error = ("the weights' shapes do not match config.json" if "mismatched" in text or "size mismatch" in text
+                     else text.splitlines()[0] if text else type(e).__name__)
+            break
+        except (OSError, KeyError) as e:
+            error = e
+            break
+        finally:
+            hf_logging.set_verbosity(level)
+    raise ModelLoadError(f"{path}: cannot load weights ({error})") from None

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_awares.errors import BackendUnavailableError, ModelLoadError
-from edge_awares.models import read_checkpoint
+from edge_awares.models import load_pretrained, read_checkpoint
 from edge_awares.views import View
 
 
@@ -64,11 +64,8 @@ class TorchBackend:
             if streamed:
                 model = _streamed_model(info.path, getattr(torch, dtype))
             else:
-                try:
-                    model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
-                        str(info.path), dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=False)
-                except (OSError, ValueError, KeyError) as e:
-                    raise ModelLoadError(f"{model_dir}: cannot load weights ({e})") from None
+                model = load_pretrained(transformers.Qwen2_5_VLForConditionalGeneration, info.path,
+                                        dtype=getattr(torch, dtype))
         self.streamed = streamed
         if streamed and device != "cpu":
             raise ModelLoadError("the streamed reference runs on the CPU only")
@@ -78,6 +75,7 @@ class TorchBackend:
         self.hidden_size = int(text_cfg.hidden_size)
         self.vocab_size = int(self.model.lm_head.out_features)
         self._text_cfg = text_cfg
+        self._cache_kw = cache_keyword(self._inner.language_model)
 
     @property
     def _inner(self):
@@ -112,9 +110,18 @@ class TorchBackend:
         with torch.inference_mode():
             e = torch.from_numpy(np.ascontiguousarray(embeds)).to(self.device, lm.dtype)[None]
             p = torch.from_numpy(np.ascontiguousarray(positions)).to(self.device)[:, None, :]
-            out = lm(inputs_embeds=e, position_ids=p, past_key_values=cache.dc if cache else None, use_cache=True)
+            out = lm(inputs_embeds=e, position_ids=p, use_cache=True, **{self._cache_kw: cache.dc if cache else None})
             h = out.last_hidden_state[0]
             return self.model.lm_head(h[-1:] if last_only else h).float().cpu().numpy()
+
+
+def cache_keyword(module) -> str:
+    """The keyword a transformers decoder takes its KV cache under: `cache` from transformers 5.24 (which
+    deprecates `past_key_values`, removed in 5.40), `past_key_values` before. Read from the signature, not the
+    version: an older forward takes `cache=` silently into **kwargs and would run without the cache."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 def _streamed_model(path: Path, dtype):

