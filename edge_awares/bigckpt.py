@@ -6,14 +6,13 @@ ordinary Hugging Face checkpoint (hub key layout by default) that `from_pretrain
 the answers are noise.
 
     python -m edge_awares.bigckpt OUT_DIR --preset 3b|3b-cut6|7b [--text-layers N] [--vision-depth N]
-        [--dtype bfloat16|float32] [--layout hub|transformers] [--seed 0]
+        [--dtype bfloat16|float32] [--layout hub|transformers] [--seed 0] [--force]
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -144,7 +143,7 @@ def make_big_checkpoint(out_dir: str | Path, preset: str = "3b", *, seed: int = 
                         text: dict | None = None, vision: dict | None = None,
                         max_shard_bytes: int = DEFAULT_SHARD_BYTES, std: float = 0.02, vocab_size: int = 1024,
                         min_pixels: int = 3136, max_pixels: int = 12845056,
-                        log: Callable[[str], None] | None = None) -> Path:
+                        log: Callable[[str], None] | None = None, force: bool = False) -> Path:
     """Stream a random-init Qwen2.5-VL checkpoint of `preset` into `out_dir` and return its path.
 
     Every tensor is drawn on its own from a generator seeded by (`seed`, its hub name): weights and biases
@@ -157,8 +156,10 @@ def make_big_checkpoint(out_dir: str | Path, preset: str = "3b", *, seed: int = 
     the config's special-token ids are the tokenizer's). `min_pixels` / `max_pixels` default to the released
     image processor's. Other arguments are big_spec's. `log` receives one line per shard.
 
-    Raises ConfigError on bad arguments, a non-empty `out_dir`, or too little free disk; BackendUnavailableError
-    without torch/transformers. On any failure the files written so far are removed.
+    Raises ConfigError on bad arguments; OutputError when `out_dir` exists and is not empty, not a checkpoint this
+    toolkit wrote, or one without `force`, or when its disk lacks the space; BackendUnavailableError without
+    torch/transformers. The folder is written as a partial sibling and renamed into place (edge_awares.outputs):
+    a failure removes it, and a killed run's is removed by the next run into the same place.
     """
     import math
 
@@ -181,33 +182,20 @@ def make_big_checkpoint(out_dir: str | Path, preset: str = "3b", *, seed: int = 
     shards = _split(plan, itemsize, max_shard_bytes)
     total_size = sum(math.prod(shape) for _, _, shape, _ in plan) * itemsize
 
+    from .outputs import building
+
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} exists and is not an empty folder; give a new path")
-    parent = next(p for p in (out, *out.parents) if p.exists())
-    free = shutil.disk_usage(parent).free
-    if free < total_size * 1.02 + 50 * 2**20:
-        raise ConfigError(f"{out}: needs {total_size / 1e9:.2f} GB of disk, {free / 1e9:.2f} GB free")
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        _write_shards(out, shards, seed, std, torch_dtype, total_size, log)
-        config.save_pretrained(out)
-        _transformers().GenerationConfig.from_model_config(config).save_pretrained(out)
-        save_processors(tok, out, min_pixels, max_pixels)
-        (out / "edge_awares_tiny.json").write_text(json.dumps({
+    with building(out, "checkpoint", force=force, size_bytes=int(total_size * 1.02 + 50 * 2**20), log=log) as tmp:
+        _write_shards(tmp, shards, seed, std, torch_dtype, total_size, log)
+        config.save_pretrained(tmp)
+        _transformers().GenerationConfig.from_model_config(config).save_pretrained(tmp)
+        save_processors(tok, tmp, min_pixels, max_pixels)
+        (tmp / "edge_awares_tiny.json").write_text(json.dumps({
             "preset": preset, "seed": seed, "note": "random weights: answers are noise", "dtype": dtype,
             "layout": layout, "text_layers": spec["text"]["num_hidden_layers"], "vision_depth": spec["vision"]["depth"],
             "parameters": total_size // itemsize, "std": std,
             "generator": "per tensor: torch.Generator seeded with blake2b-32 of f'{seed}/{hub name}', "
                          f"fp32 randn in chunks of {_CHUNK}, cast"}, indent=1))
-    except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        else:  # it was empty when we started
-            for p in out.iterdir():
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        raise
     return out
 
 
@@ -310,11 +298,13 @@ if __name__ == "__main__":
     ap.add_argument("--layout", default="hub", choices=LAYOUTS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-shard-gb", type=float, default=DEFAULT_SHARD_BYTES / 1e9)
+    ap.add_argument("--force", action="store_true", help="replace a checkpoint this toolkit wrote")
     a = ap.parse_args()
     try:
         print(make_big_checkpoint(a.out_dir, preset=a.preset, seed=a.seed, dtype=a.dtype, layout=a.layout,
                                   text_layers=a.text_layers, vision_depth=a.vision_depth,
-                                  max_shard_bytes=int(a.max_shard_gb * 1e9), log=lambda m: print(m, file=sys.stderr)))
+                                  max_shard_bytes=int(a.max_shard_gb * 1e9), log=lambda m: print(m, file=sys.stderr),
+                                  force=a.force))
     except EdgeAwaresError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

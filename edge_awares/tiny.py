@@ -4,7 +4,7 @@ tokenizer, saved as ordinary Hugging Face folders (safetensors, tokenizer.json, 
 No hub access anywhere. Used by the tests, the benchmarks (at larger sizes), and `edge-awares tiny` so the
 README's first command works before a trained demo ships. Random weights: the answers are noise.
 
-    python -m edge_awares.tiny OUT_DIR [--preset tiny|small|mid] [--seed 0]
+    python -m edge_awares.tiny OUT_DIR [--preset tiny|small|mid] [--seed 0] [--force]
 """
 
 from __future__ import annotations
@@ -113,8 +113,12 @@ def make_tiny_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 
                          initializer_range: float = 0.1, max_pixels: int = 1024 * 28 * 28,
                          min_pixels: int = 16 * 28 * 28, perturb: float = 0.1,
                          extra_corpus: list[str] | None = None, note: str = "random weights: answers are noise",
-                         **overrides) -> Path:
+                         force: bool = False, **overrides) -> Path:
     """Build and save a random-init Qwen2.5-VL checkpoint. `overrides` go into the text config.
+
+    `out_dir` must be new, empty, or (with `force`) a checkpoint this toolkit wrote, which is then replaced
+    whole; the folder is built aside and renamed into place, so a failure leaves nothing (OutputError for any
+    other folder, see edge_awares.outputs).
 
     A large `initializer_range` separates random logits, so greedy tokens do not tie (FACTS.md). transformers
     initialises biases to 0 and norm weights to 1, so an export that dropped a bias or a norm scale would still
@@ -130,8 +134,9 @@ def make_tiny_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 
         from .errors import ConfigError
 
         raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from .outputs import building, prepare_dir
+
+    prepare_dir(out_dir, "checkpoint", force=force)  # before the tokenizer and the model are built
     tok = make_tokenizer(vocab_size, extra_corpus)
     text_ids, top_ids = token_id_config(tok)
     hidden, layers, heads, kv, inter, v_hidden, v_depth, v_heads = PRESETS[preset]
@@ -155,11 +160,12 @@ def make_tiny_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 
                     p.normal_(0.0, perturb)
                 elif "norm" in name and name.endswith(".weight"):
                     p.normal_(1.0, perturb)
-    model.save_pretrained(out, safe_serialization=True)
-    save_processors(tok, out, min_pixels, max_pixels)
-    (out / "edge_awares_tiny.json").write_text(json.dumps(
-        {"preset": preset, "seed": seed, "note": note}, indent=1))
-    return out
+    with building(out_dir, "checkpoint", force=force) as out:
+        model.save_pretrained(out, safe_serialization=True)
+        save_processors(tok, out, min_pixels, max_pixels)
+        (out / "edge_awares_tiny.json").write_text(json.dumps(
+            {"preset": preset, "seed": seed, "note": note}, indent=1))
+    return Path(out_dir)
 
 
 if __name__ == "__main__":
@@ -169,5 +175,6 @@ if __name__ == "__main__":
     ap.add_argument("out_dir")
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--force", action="store_true", help="replace a checkpoint this toolkit wrote")
     a = ap.parse_args()
-    print(make_tiny_checkpoint(a.out_dir, preset=a.preset, seed=a.seed))
+    print(make_tiny_checkpoint(a.out_dir, preset=a.preset, seed=a.seed, force=a.force))

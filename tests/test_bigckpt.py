@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 from safetensors import safe_open  # noqa: E402
 
 from edge_awares.bigckpt import PRESETS, big_spec, count_parameters, make_big_checkpoint  # noqa: E402
-from edge_awares.errors import ConfigError  # noqa: E402
+from edge_awares.errors import ConfigError, OutputError  # noqa: E402
 
 # 3B/7B key structure, widths small enough for a test.
 SMALL = dict(text_layers=2, vision_depth=2,
@@ -114,8 +114,8 @@ def test_float32_option(tmp_path):
 def test_refuses_non_empty_folder_and_bad_values(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
-    with pytest.raises(ConfigError, match="not an empty folder"):
-        make_big_checkpoint(tmp_path / "full", "3b", **SMALL)
+    with pytest.raises(OutputError, match="is not a checkpoint edge-awares wrote; refusing"):
+        make_big_checkpoint(tmp_path / "full", "3b", **SMALL, force=True)
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
     (tmp_path / "empty").mkdir()
     assert (make_big_checkpoint(tmp_path / "empty", "3b", **SMALL) / "config.json").exists()

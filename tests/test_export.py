@@ -99,11 +99,15 @@ def test_crash_midway_leaves_nothing(tiny_ckpt, tmp_path, monkeypatch):
 
 
 def test_existing_output_needs_force(tiny_ckpt, tmp_path):
+    from edge_awares.errors import OutputError
     from edge_awares.export.engine import ExportConfig
 
     (tmp_path / "eng").mkdir()
-    with pytest.raises(ConfigError, match="--force"):
+    ExportConfig(checkpoint=str(tiny_ckpt), output=str(tmp_path / "eng")).validate()  # an empty folder is fine
+    (tmp_path / "eng" / "manifest.json").write_text('{"format": "edge-awares-engine"}')  # an engine of ours
+    with pytest.raises(OutputError, match="--force"):
         ExportConfig(checkpoint=str(tiny_ckpt), output=str(tmp_path / "eng")).validate()
+    ExportConfig(checkpoint=str(tiny_ckpt), output=str(tmp_path / "eng"), force=True).validate()
     with pytest.raises(ConfigError, match="precision"):
         ExportConfig(checkpoint=str(tiny_ckpt), output=str(tmp_path / "x"), precision="int2").validate()
 

@@ -183,11 +183,17 @@ def iter_card_samples(n: int, seed: int = 0, cfg: CardsConfig | None = None, sta
         yield make_card_sample(seed, index, cfg)
 
 
-def write_cards(out_dir, n: int, seed: int = 0, cfg: CardsConfig | None = None) -> Path:
-    """Write `n` card samples to `out_dir`/samples.jsonl and PNGs to `out_dir`/images/."""
+def write_cards(out_dir, n: int, seed: int = 0, cfg: CardsConfig | None = None, force: bool = False) -> Path:
+    """Write `n` card samples to `out_dir`/samples.jsonl and PNGs to `out_dir`/images/, built aside and renamed into
+    place; the folder must be new, empty or (with `force`) a dataset of ours (OutputError otherwise)."""
+    from ..outputs import building
+
     if n < 0:
         raise ConfigError(f"n={n} must be >= 0")
-    return write_samples(Path(out_dir) / "samples.jsonl", iter_card_samples(n, seed, cfg), image_dir="images")
+    cfg = (cfg or CardsConfig()).validate()
+    with building(out_dir, "dataset", force=force) as tmp:
+        write_samples(tmp / "samples.jsonl", iter_card_samples(n, seed, cfg), image_dir="images")
+    return Path(out_dir) / "samples.jsonl"
 
 
 __all__ = ["CardsConfig", "Card", "make_card_sample", "make_card_page", "iter_card_samples", "write_cards",

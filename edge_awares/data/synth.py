@@ -573,11 +573,18 @@ def iter_samples(n: int, seed: int = 0, cfg: SynthConfig | None = None, start: i
         yield make_sample(seed, index, cfg)
 
 
-def write_dataset(out_dir, n: int, seed: int = 0, cfg: SynthConfig | None = None) -> Path:
+def write_dataset(out_dir, n: int, seed: int = 0, cfg: SynthConfig | None = None, force: bool = False) -> Path:
     """Write `n` samples to `out_dir`/samples.jsonl and their PNGs to `out_dir`/images/; returns the JSONL path.
 
-    Raises ConfigError for an invalid `cfg` or a negative `n`.
+    The folder must be new or empty, or (with `force`) a dataset of ours, which is then replaced whole: it is
+    written aside and renamed into place (edge_awares.outputs), so a failure leaves nothing. Raises ConfigError
+    for an invalid `cfg` or a negative `n`, OutputError for any other folder or an unwritable place.
     """
+    from ..outputs import building
+
     if n < 0:
         raise ConfigError(f"n={n} must be >= 0")
-    return write_samples(Path(out_dir) / "samples.jsonl", iter_samples(n, seed, cfg), image_dir="images")
+    cfg = (cfg or SynthConfig()).validate()
+    with building(out_dir, "dataset", force=force) as tmp:
+        write_samples(tmp / "samples.jsonl", iter_samples(n, seed, cfg), image_dir="images")
+    return Path(out_dir) / "samples.jsonl"

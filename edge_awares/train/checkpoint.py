@@ -10,8 +10,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ModelLoadError, TrainError
-from ..models import read_checkpoint
+from ..errors import TrainError
+from ..models import load_pretrained, read_checkpoint
 
 # Files copied from the base folder next to the merged weights (whatever of them exists): the runtime and the
 # exporter read tokenizer.json and preprocessor_config.json; transformers reads the rest.
@@ -47,12 +47,7 @@ def load_model(model_dir: str | Path, placement: Placement):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     info = read_checkpoint(model_dir)
-    try:
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            str(info.path), dtype=getattr(torch, placement.dtype), use_safetensors=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelLoadError(f"{model_dir}: cannot load weights ({e})") from None
-    return model
+    return load_pretrained(Qwen2_5_VLForConditionalGeneration, info.path, dtype=getattr(torch, placement.dtype))
 
 
 def checkpointing(args_cls, on: bool) -> dict:
@@ -125,10 +120,16 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def prepare_output(output: str | Path, resume: bool, overwrite: bool) -> Path | None:
-    """Check the output folder; returns the checkpoint to resume from (or None). Raises TrainError when a run
-    would clobber a finished model or silently restart one that has checkpoints."""
+def prepare_output(output: str | Path, resume: bool, overwrite: bool, inputs=()) -> Path | None:
+    """Check the output folder and mark it as ours; returns the checkpoint to resume from (or None). Raises
+    OutputError when it exists and is not a training output or checkpoint of ours, or is (or holds) one of `inputs`
+    (edge_awares.outputs); TrainError when a run would clobber a finished model or silently restart one that has
+    checkpoints."""
+    from ..outputs import ensure_marker, prepare_dir, remove_ours
+
     out = Path(output)
+    # Ours may be resumed or (--overwrite) replaced, decided below; any other non-empty folder is refused.
+    prepare_dir(out, "checkpoint", force=True, inputs=inputs)
     ckpts = out / "run" / "checkpoints"
     last = latest_checkpoint(ckpts) if ckpts.is_dir() else None
     if resume:
@@ -140,15 +141,22 @@ def prepare_output(output: str | Path, resume: bool, overwrite: bool) -> Path | 
     if last is not None and not overwrite:
         raise TrainError(f"{out} has checkpoints ({last.name}); pass --resume to continue or --overwrite to restart")
     if overwrite and (out / "run").exists():
-        shutil.rmtree(out / "run")
+        remove_ours(out / "run", "run")
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_marker(out, "checkpoint")
     return None
 
 
 def save_merged(model, out_dir: str | Path, base_dir: str | Path) -> Path:
     """Merge LoRA adapters (if any) into the weights and write a plain Hugging Face folder: safetensors, config,
-    and the base's tokenizer and preprocessor files. Returns the folder."""
+    and the base's tokenizer and preprocessor files. Returns the folder. The old model files are removed first, so
+    `out_dir` must be new, empty or a checkpoint of ours, and not the base (OutputError otherwise)."""
+    from ..outputs import ensure_marker, prepare_dir
+
     out = Path(out_dir)
+    prepare_dir(out, "checkpoint", force=True, inputs=(base_dir,))
     out.mkdir(parents=True, exist_ok=True)
+    ensure_marker(out, "checkpoint")
     for pattern in MODEL_FILE_PATTERNS:
         for old in out.glob(pattern):
             old.unlink()
@@ -183,7 +191,8 @@ def start_run(cfg) -> RunStart:
     from .runlog import check_policy
 
     cfg.validate()
-    resume_from = prepare_output(cfg.output, cfg.resume, cfg.overwrite)
+    resume_from = prepare_output(cfg.output, cfg.resume, cfg.overwrite,
+                                 inputs=(cfg.model, cfg.data, cfg.val_data))
     placement = resolve_placement(cfg.precision)
     info = read_checkpoint(cfg.model)
     protocol, crop_set = get_protocol(cfg.protocol), get_crop_set(cfg.crop_set)

@@ -41,8 +41,11 @@ class RunLog:
     """Writes config.json, versions.json and appends to metrics.jsonl under `run_dir`."""
 
     def __init__(self, run_dir: str | Path):
+        from ..outputs import ensure_marker
+
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        ensure_marker(self.dir, "run")  # what lets --overwrite delete this folder (and only such a folder)
         self.metrics_path = self.dir / "metrics.jsonl"
 
     def write_config(self, config, resolved: dict) -> Path:

@@ -92,9 +92,12 @@ def measure(work: Path, preset: str | None, arch: str | None, steps: int, genera
     from .grpo import train_grpo
     from .sft import train_sft
 
-    base = make_arch_checkpoint(work / "base", arch) if arch else make_tiny_checkpoint(work / "base", preset=preset)
+    if arch:
+        base = make_arch_checkpoint(work / "base", arch)
+    else:
+        base = make_tiny_checkpoint(work / "base", preset=preset, force=True)  # --work reruns replace their own
     samples = read_samples(write_dataset(work / "data", n=max(8, generations), seed=0,
-                                         cfg=SynthConfig(width=page, height=page)))
+                                         cfg=SynthConfig(width=page, height=page), force=True))  # --work reruns
     trajs = [Trajectory.from_sample(s, s.crop_ids if s.needs_detail else []) for s in samples]
     traj_file = write_trajectories(work / "data" / "trajectories.jsonl", trajs, image_dir=None)
     big = arch is not None
