@@ -72,3 +72,15 @@ class ProviderUnavailableError(BackendUnavailableError):
 class TrainError(EdgeAwaresError):
     """A training run cannot start or continue: data that does not fit the model's protocol or crop set, a setting
     TRL cannot honour (e.g. a completion budget that would drop crop results), or a run folder in an unusable state."""
+
+
+class OutputError(EdgeAwaresError):
+    """A place the toolkit was asked to write is unsafe (not ours to replace, the input itself, outside an
+    existing folder) or cannot be written (read-only, full disk); nothing was left behind."""
+
+
+class BadSamplesError(DataError):
+    """Some samples could not be used (malformed row, refused or unreadable image, prompt too long): raised at the
+    first with --on-bad-sample stop, else after the run's outputs are written (unless --allow-bad-samples)."""
+
+    exit_code = 3

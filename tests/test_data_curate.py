@@ -309,7 +309,7 @@ def test_curate_end_to_end_files_and_labels(tiny_ckpt, synth6, tmp_path):
     for r in recs:
         assert r["low_res"]["visual_tokens"] * 4 == r["native"]["visual_tokens"]
         assert set(r["ms"]) >= {"low_res", "native", "judge", "total"}
-    trajs = read_trajectories(out / "trajectories.jsonl")
+    trajs = read_trajectories(out / "trajectories.jsonl", image_roots=[synth6])  # they point at the data's images
     assert [t.id for t in trajs] == [r["id"] for r in recs]
     assert all(t.image.endswith(".png") and (out / t.image).resolve().is_file() for t in trajs)
     assert report["counts"]["curated"] == 6 and report["labels"]["LR"] + report["labels"]["HR"] == 6
@@ -323,7 +323,7 @@ def test_curate_hr_trajectories_have_oracle_crops(tiny_ckpt, synth6, tmp_path):
     report = curate(_cfg(tiny_ckpt, synth6, out, both_wrong="hr", oracle="gt"))
     assert report["labels"]["HR"] == 6 and report["oracle"]["coverage"] == 1.0
     data = {s["id"]: s for s in _lines(synth6 / "samples.jsonl")}
-    for t in read_trajectories(out / "trajectories.jsonl"):
+    for t in read_trajectories(out / "trajectories.jsonl", image_roots=[synth6]):
         assert t.label == "HR" and t.crop_ids == data[t.id]["crop_ids"]  # gt box -> covering == synth's crop
         assert t.messages[1] == {"role": "assistant", "request": t.crop_ids}
     assert sum(report["crop_ids"].values()) == 6 and report["vs_data"]["hr_crop_matches_data"] == 1.0
@@ -390,11 +390,14 @@ def test_curate_per_sample_errors_and_skips(tiny_ckpt, synth6, tmp_path):
     missing = Sample("gone", str(tmp_path / "missing.png"), "What?", ["x"])
     hidden = Sample("hidden", good.image, "What?", [])
     write_samples(tmp_path / "mixed" / "s.jsonl", [good, missing, hidden])
-    report = curate(_cfg(tiny_ckpt, tmp_path / "mixed", tmp_path / "out"))
+    # The images lie outside the data's folder: allowed here with image roots (tests/test_input_safety.py
+    # covers the refusal).
+    report = curate(_cfg(tiny_ckpt, tmp_path / "mixed", tmp_path / "out", image_roots=(str(tmp_path), str(synth6))))
     c = report["counts"]
     assert (c["curated"], c["errors"], c["skipped"]) == (1, 1, 1)
     recs = read_records(tmp_path / "out" / "curation.jsonl")
     assert "no such file" in recs["gone"]["error"] and recs["hidden"]["status"] == "skipped"
+    assert recs["gone"]["where"].endswith("s.jsonl:2") and report["bad_samples"]["count"] == 1
 
 
 def test_curate_bad_inputs(tiny_ckpt, synth6, tmp_path, monkeypatch):

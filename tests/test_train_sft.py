@@ -141,7 +141,8 @@ def test_cli_sft_and_its_errors(tmp_path, capsys):
     line["crop_ids"] = ["11"]
     line["messages"][1]["request"] = ["11"]
     bad.write_text(json.dumps(line) + "\n")
-    rc = main(["train", "sft", "--model", str(tiny_base()), "--data", str(bad), "-o", str(tmp_path / "x")])
+    rc = main(["train", "sft", "--model", str(tiny_base()), "--data", str(bad), "-o", str(tmp_path / "x"),
+               "--image-root", str(fixed_request_trajectories().parent)])
     err = capsys.readouterr().err
     assert rc == 2 and "not in crop set 'awares10'" in err and "Traceback" not in err and len(err.splitlines()) == 1
     rc = main(["train", "sft", "--model", str(tiny_base()), "--data", str(bad)])

@@ -26,7 +26,9 @@ Trajectory line (one training conversation; the protocol renders the actual prom
 
 ``label`` is "LR" (answered from the low-res view: ``crop_ids`` empty, messages = user, assistant answer) or
 "HR" (one crop turn: ``crop_ids`` non-empty and equal to the assistant ``request``; one tool image per id).
-Readers raise DataError naming ``file:line`` for a malformed line and a clear DataError for a missing file.
+Readers raise DataError naming ``file:line`` for a malformed line and a clear DataError for a missing file. An
+image path must resolve (symlinks followed) inside the JSONL's folder or a folder the caller allows
+(``image_roots``; the rule is edge_awares.data.loaders.confine_image).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from PIL import Image
 
@@ -107,6 +109,8 @@ class Sample:
     crop_ids: list[str] | None = None
     source: str | None = None
     meta: dict = field(default_factory=dict)
+    # Where the sample was read from ("file:line", "file[row n]"), for messages; never written out.
+    where: str | None = field(default=None, compare=False, repr=False)
 
     def load_image(self) -> Image.Image:
         """The image as RGB. Raises ImageError if the file is missing or not an image."""
@@ -280,47 +284,69 @@ class Trajectory:
 
 
 # ----------------------------------------------------------------------------------------------- JSONL I/O
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-blank line. Raises DataError for a missing file or bad JSON."""
+def iter_jsonl(path: str | os.PathLike,
+               bad_line: Callable[[int, str], None] | None = None) -> Iterator[tuple[int, Any]]:
+    """(line number, object) for every non-blank line. Raises DataError for a missing or non-regular file, and
+    for a line that is not UTF-8 JSON, unless `bad_line` is given: then it is called with (line number, reason)
+    and the line skipped."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a .jsonl file")
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise DataError(f"{path}: not a regular file")
+    # Bytes, decoded line by line: a text-mode reader fails on bad UTF-8 a whole buffer early, at no line.
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
+                yield lineno, json.loads(raw.decode("utf-8"))
+                continue
+            except UnicodeDecodeError as e:
+                reason = f"not UTF-8 text (byte {e.start + 1})"
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+                reason = f"invalid JSON ({e.msg} at column {e.colno})"
+            except RecursionError:
+                reason = "invalid JSON (nested too deeply)"
+            if bad_line is None:
+                raise DataError(f"{path}:{lineno}: {reason}")
+            bad_line(lineno, reason)
 
 
-def _read(path, cls) -> list:
+def _read(path, cls, image_roots: Sequence[str | os.PathLike] = ()) -> list:
+    from .loaders import check_image_roots, confine_image  # loaders imports this module
+
+    roots = check_image_roots(image_roots)
     path = Path(path)
     base = path.parent
     out, seen = [], {}
     for lineno, obj in iter_jsonl(path):
         try:
             item = cls.from_json(obj, base_dir=base)
+            confine_image(obj["image"], base, roots)  # from_json checked it is a string
         except (ValueError, DataError) as e:
             raise DataError(f"{path}:{lineno}: {e}") from None
         if item.id in seen:
             raise DataError(f"{path}:{lineno}: id {item.id!r} already used on line {seen[item.id]}")
         seen[item.id] = lineno
+        if isinstance(item, Sample):
+            item.where = f"{path}:{lineno}"
         out.append(item)
     return out
 
 
-def read_samples(path: str | os.PathLike) -> list[Sample]:
-    """All samples of a JSONL file, image paths resolved against its folder. Raises DataError (file:line)."""
-    return _read(path, Sample)
+def read_samples(path: str | os.PathLike, image_roots: Sequence[str | os.PathLike] = ()) -> list[Sample]:
+    """All samples of a JSONL file, image paths resolved against its folder and confined to it or `image_roots`.
+    Raises DataError (file:line), ConfigError (an image root that is not a folder)."""
+    return _read(path, Sample, image_roots)
 
 
-def read_trajectories(path: str | os.PathLike) -> list[Trajectory]:
-    """All trajectories of a JSONL file, image paths resolved against its folder. Raises DataError (file:line)."""
-    return _read(path, Trajectory)
+def read_trajectories(path: str | os.PathLike, image_roots: Sequence[str | os.PathLike] = ()) -> list[Trajectory]:
+    """All trajectories of a JSONL file, image paths resolved against its folder and confined to it or
+    `image_roots`. Raises DataError (file:line), ConfigError (an image root that is not a folder)."""
+    return _read(path, Trajectory, image_roots)
 
 
 def _write(path, items: Iterable, image_dir: str | None) -> Path:

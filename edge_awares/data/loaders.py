@@ -3,7 +3,8 @@
 Local paths only: a JSONL file (our format or the benchmark's own columns), a parquet file or folder (needs
 pyarrow), or a folder written by ``datasets.save_to_disk`` (needs datasets). Images stored as bytes become
 lazily decoded in-memory PIL images, or files in ``image_cache`` (named by content hash) when one is given;
-images stored as paths stay paths, resolved against the dataset's folder.
+images stored as paths stay paths, resolved against the dataset's folder and confined to it (confine_image:
+the one rule for every image path a data file names; more folders only where the user allows them).
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from PIL import Image
 
 from ..errors import BackendUnavailableError, ConfigError, DataError
+from ..images import DEFAULT_MAX_BYTES
 from .format import Sample, iter_jsonl
 from .metrics import extract_choice
+
+if TYPE_CHECKING:
+    from .badsamples import BadSamples
 
 OPTION_LETTERS = "ABCDEFGH"
 
@@ -62,19 +67,26 @@ def benchmark_columns(name: str) -> tuple[str, Columns]:
 
 # ----------------------------------------------------------------------------------------------- public API
 def iter_benchmark(name: str, path: str | os.PathLike, *, split: str | None = None, limit: int | None = None,
-                   image_cache: str | os.PathLike | None = None) -> Iterator[Sample]:
-    """Samples of benchmark `name` read from the local `path`, in file order.
+                   image_cache: str | os.PathLike | None = None, image_roots: Sequence[str | os.PathLike] = (),
+                   bad: "BadSamples | None" = None) -> Iterator[Sample]:
+    """Samples of benchmark `name` read from the local `path`, in file order; each sample's `where` names its
+    ``file:line`` (``file[row n]`` for parquet and datasets).
 
     `split` picks one split of a parquet folder or of a saved DatasetDict (required when there are several);
-    `limit` stops after that many samples; `image_cache` (a folder) receives images stored as bytes.
-    Raises DataError (missing path, unknown layout, missing column, bad row), BackendUnavailableError (pyarrow
-    or datasets needed but not installed) and ConfigError (unknown benchmark).
+    `limit` stops after that many rows; `image_cache` (a folder) receives images stored as bytes. Image paths
+    must resolve inside the dataset's folder or one of `image_roots` (confine_image); refused paths are never
+    opened. A bad row (invalid JSON, not an object, missing question, refused image path, undecodable bytes)
+    raises DataError naming ``file:line``, or, when `bad` (data.badsamples.BadSamples) is given, is recorded
+    there and skipped. Raises DataError (missing path, unknown layout, missing column, bad row),
+    BackendUnavailableError (pyarrow or datasets needed but not installed) and ConfigError (unknown benchmark,
+    an image root that is not a folder).
     """
     key, cols = benchmark_columns(name)
+    roots = check_image_roots(image_roots)
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder (benchmark {key})")
-    rows, base = _rows(path, split)
+    rows, base, per_row = _rows(path, split, bad)
     cache = Path(image_cache) if image_cache is not None else None
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
@@ -83,44 +95,112 @@ def iter_benchmark(name: str, path: str | os.PathLike, *, split: str | None = No
         if limit is not None and i >= limit:
             return
         if mapper is None:
-            mapper = _Mapper(key, cols, list(row), str(path))
+            try:
+                mapper = _Mapper(key, cols, list(row), where)
+            except DataError as e:
+                # Parquet and datasets share one schema: a missing column is the file's fault, not a row's.
+                # JSONL rows each have their own keys, so a row without them is one bad sample.
+                if bad is None or not per_row:
+                    raise
+                bad.add(where, str(e).removeprefix(f"{where}: "))
+                continue
         try:
-            yield mapper(row, i, base, cache)
+            sample = mapper(row, i, base, cache, roots)
         except (ValueError, TypeError, KeyError) as e:
-            raise DataError(f"{where}: {e}") from None
+            if bad is None:
+                raise DataError(f"{where}: {e}") from None
+            bad.add(where, str(e), _row_id(row, mapper.id))
+            continue
+        sample.where = where
+        yield sample
 
 
 def load_benchmark(name: str, path: str | os.PathLike, *, split: str | None = None, limit: int | None = None,
-                   image_cache: str | os.PathLike | None = None) -> list[Sample]:
+                   image_cache: str | os.PathLike | None = None, image_roots: Sequence[str | os.PathLike] = (),
+                   bad: "BadSamples | None" = None) -> list[Sample]:
     """All samples of iter_benchmark as a list (same arguments and errors)."""
-    return list(iter_benchmark(name, path, split=split, limit=limit, image_cache=image_cache))
+    return list(iter_benchmark(name, path, split=split, limit=limit, image_cache=image_cache,
+                               image_roots=image_roots, bad=bad))
+
+
+# ----------------------------------------------------------------------------------------------- confinement
+def check_image_roots(roots: Sequence[str | os.PathLike] | None) -> tuple[str, ...]:
+    """The allowed extra image folders as strings; raises ConfigError for one that is not an existing folder."""
+    out = []
+    for root in roots or ():
+        if not os.path.isdir(root):
+            raise ConfigError(f"--image-root {root}: no such folder")
+        out.append(str(root))
+    return tuple(out)
+
+
+def confine_image(path: str | os.PathLike, base: str | os.PathLike, roots: Sequence[str | os.PathLike] = ()) -> str:
+    """The path of an image that a data file in folder `base` names: a relative `path` is joined to `base`.
+
+    The one confinement rule for sample images: the path's real location (os.path.realpath, every symlink
+    followed) must lie inside the real `base` or inside one of the real `roots` (the user's --image-root
+    folders). Absolute paths and ``..`` are fine while they stay inside; anything else raises ValueError (readers
+    turn it into a bad sample naming ``file:line``) before the file is ever opened. Returns the joined path as
+    named (not the resolved one), so records keep the data's own paths.
+    """
+    p = Path(path)
+    full = p if p.is_absolute() else Path(base) / p
+    real = os.path.realpath(full)
+    for root in (base, *roots):
+        if _inside(real, os.path.realpath(root)):
+            return str(full)
+    via = f" (a symlink to {real})" if os.path.normpath(os.path.abspath(full)) != real else ""
+    where = f"the data folder {os.path.realpath(base)}"
+    if roots:
+        where += " and the --image-root folders " + ", ".join(os.path.realpath(r) for r in roots)
+    raise ValueError(f"image path {os.fspath(path)} resolves outside {where}{via}; allow more with --image-root")
+
+
+def _inside(path: str, root: str) -> bool:
+    path, root = os.path.normcase(path), os.path.normcase(root)
+    try:
+        return os.path.commonpath([path, root]) == root
+    except ValueError:  # different drives (Windows)
+        return False
+
+
+def _row_id(row: dict, column: str | None) -> str | None:
+    value = row.get(column) if column and isinstance(row, dict) else None
+    return str(value) if value is not None else None
 
 
 # ----------------------------------------------------------------------------------------------- sources
-def _rows(path: Path, split: str | None) -> tuple[Iterable[tuple[str, dict]], Path]:
-    """(rows as (location, dict), base folder for relative image paths)."""
+def _rows(path: Path, split: str | None, bad: "BadSamples | None" = None
+          ) -> tuple[Iterable[tuple[str, dict]], Path, bool]:
+    """(rows as (location, dict), base folder for relative image paths, whether rows have their own keys)."""
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            return _jsonl_rows(path), path.parent
+            return _jsonl_rows(path, bad), path.parent, True
         if suffix == ".parquet":
-            return _parquet_rows([path]), path.parent
+            return _parquet_rows([path]), path.parent, False
         raise DataError(f"{path}: unsupported file type {suffix!r}; expected .jsonl or .parquet")
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
-        return _datasets_rows(path, split), path
+        return _datasets_rows(path, split), path, False
     parquet = sorted(path.rglob("*.parquet"))
     if parquet:
-        return _parquet_rows(_pick_split(parquet, split, path)), path
+        return _parquet_rows(_pick_split(parquet, split, path)), path, False
     jsonl = sorted(path.glob("*.jsonl"))
     if jsonl:
-        return _jsonl_rows(_pick_split(jsonl, split, path, single=True)[0]), path
+        return _jsonl_rows(_pick_split(jsonl, split, path, single=True)[0], bad), path, True
     raise DataError(f"{path}: no .jsonl, .parquet or datasets.save_to_disk files found")
 
 
-def _jsonl_rows(path: Path):
-    for lineno, obj in iter_jsonl(path):
+def _jsonl_rows(path: Path, bad: "BadSamples | None" = None):
+    """(location, object) per line; a line that is not a JSON object raises DataError, or goes to `bad`."""
+    on_bad_line = None if bad is None else (lambda lineno, reason: bad.add(f"{path}:{lineno}", reason))
+    for lineno, obj in iter_jsonl(path, bad_line=on_bad_line):
         if not isinstance(obj, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            reason = f"expected a JSON object, got {type(obj).__name__}"
+            if bad is None:
+                raise DataError(f"{path}:{lineno}: {reason}")
+            bad.add(f"{path}:{lineno}", reason)
+            continue
         yield f"{path}:{lineno}", obj
 
 
@@ -221,7 +301,7 @@ class _Mapper:
                 raise DataError(f"{where}: no {role} column for {key} (looked for {', '.join(names)}); "
                                 f"columns: {', '.join(available)}")
 
-    def __call__(self, row: dict, index: int, base: Path, cache: Path | None) -> Sample:
+    def __call__(self, row: dict, index: int, base: Path, cache: Path | None, roots: tuple[str, ...] = ()) -> Sample:
         question = row.get(self.question)
         if not isinstance(question, str) or not question.strip():
             raise ValueError(f"empty or missing question in column {self.question!r}")
@@ -238,7 +318,7 @@ class _Mapper:
         box = row.get("evidence_box")
         return Sample(
             id=str(sid) if sid is not None else f"{self.key}-{index}",
-            image=_image(row.get(self.image), base, cache),
+            image=_image(row.get(self.image), base, cache, roots),
             question=question,
             answers=answers,
             evidence_box=tuple(box) if box is not None else None,
@@ -277,7 +357,7 @@ def _letter_answers(raw: Any, answers: list[str], options: list[str]) -> list[st
     return out or answers
 
 
-def _image(value: Any, base: Path, cache: Path | None):
+def _image(value: Any, base: Path, cache: Path | None, roots: tuple[str, ...] = ()):
     if value is None:
         raise ValueError("no image")
     if isinstance(value, Image.Image):
@@ -285,23 +365,23 @@ def _image(value: Any, base: Path, cache: Path | None):
     if isinstance(value, dict):
         data, path = value.get("bytes"), value.get("path")
         if data:
+            # Binary only: bytes(n) of a number would allocate n bytes (a JSON row can say 10**12).
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"image 'bytes' must be binary data, got {type(data).__name__}")
             return _from_bytes(bytes(data), cache)
         if path:
-            return _resolve(path, base)
+            return confine_image(path, base, roots)
         raise ValueError("image entry has neither bytes nor path")
     if isinstance(value, (bytes, bytearray)):
         return _from_bytes(bytes(value), cache)
     if isinstance(value, (str, os.PathLike)):
-        return _resolve(value, base)
+        return confine_image(value, base, roots)
     raise TypeError(f"unsupported image value of type {type(value).__name__}")
 
 
-def _resolve(path, base: Path) -> str:
-    p = Path(path)
-    return str(p if p.is_absolute() else base / p)
-
-
 def _from_bytes(data: bytes, cache: Path | None):
+    if len(data) > DEFAULT_MAX_BYTES:  # the same cap as an image file (edge_awares.images)
+        raise ValueError(f"image bytes: {len(data)} bytes exceeds the image file limit of {DEFAULT_MAX_BYTES} bytes")
     try:
         img = Image.open(io.BytesIO(data))  # reads the header only; pixels decode on first use
     except Exception as e:  # PIL raises UnidentifiedImageError / OSError for non-images
