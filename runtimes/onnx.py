@@ -168,7 +168,8 @@ class OnnxBackend:
         self.manifest = engine if isinstance(engine, Manifest) else load_manifest(engine, check_files=check_files)
         self.provider = provider
         self.budget = memory_budget_bytes or memory_budget()
-        self._kv_held = self._vision_peak = 0
+        self._kv_held = self._vision_peak = self._planned_peak = self._loaded = 0
+        self._check_budget("loading the engine", self.weights_bytes())
         threads = threads or engine_threads()
         m = self.manifest.model
         self.hidden_size, self.vocab_size = m["hidden_size"], m["vocab_size"]
@@ -181,12 +182,19 @@ class OnnxBackend:
         def session(graph: str):
             so = ort.SessionOptions()
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if graph == "vision":
+                # The vision graph's working set is transient and quadratic in the tokens of a call; onnxruntime's
+                # arena would keep every call's peak (measured: nine 972-token crops, one call each, grew the
+                # process to 2.0 GB with the arena, 1.2 GB without it; no slower at the demo's sizes).
+                so.enable_cpu_mem_arena = False
             if threads:
                 so.intra_op_num_threads = threads
             if profile_dir:
                 so.enable_profiling = True
                 so.profile_file_prefix = str(Path(profile_dir) / f"ort_{graph}")
-            path = self.manifest.path(graph)
+            # Every file of the graph checked inside the folder and reached through no link (onnxruntime
+            # opens the external-data files itself, beside the main one).
+            path, *_ = self.manifest.graph_files(graph)
             try:
                 return ort.InferenceSession(str(path), so, providers=_providers(
                     provider, graph, self.manifest, Path(trt_cache_dir) if trt_cache_dir else None))
@@ -195,6 +203,7 @@ class OnnxBackend:
 
         self.vision = session("vision")
         self.decoder = session("decoder")
+        self._loaded = 1
         self._vision_dtype = np.float16 if self.vision.get_inputs()[0].type == "tensor(float16)" else np.float32
         emb = self.manifest.graph("embeddings")
         self._table = _embedding_table(self.manifest.path("embeddings"), emb)
@@ -215,39 +224,64 @@ class OnnxBackend:
 
     def _attention_bytes(self, layout) -> int:
         """Working set of the vision graph's largest attention (scores and probabilities in float32, and the
-        gathered queries, keys and values), computed from the layout before anything runs."""
+        gathered queries, keys and values) times the overhead measured on onnxruntime, computed from the layout
+        before anything runs."""
         vis = self.manifest.model["vision"]
         heads, dim = vis["num_heads"], vis["hidden_size"] // vis["num_heads"]
         worst = 0
         for index in (layout.window_index, layout.image_index):
             segs, length = index.shape
             worst = max(worst, segs * heads * length * (2 * length + 3 * dim) * 4)
-        return worst
+        return int(worst * VISION_OVERHEAD)
+
+    def _vision_chunks(self, views: list[View]) -> list[list[View]]:
+        """Views in groups encoded by one call each: attention never crosses images, so encoding them apart
+        gives the same features, and the peak is the largest group's, not the sum of all (nine 1k-token crops
+        of a 12 MP photo in one call held 8.8 GB). Small views still share a call (one run, not many)."""
+        chunks, current = [], []
+        for v in views:
+            trial = current + [v]
+            layout = vision_layout([x.grid_thw for x in trial], self._merge, self._window, self._patch)
+            if current and self._attention_bytes(layout) > VISION_CHUNK_BYTES:
+                chunks.append(current)
+                trial = [v]
+            current = trial
+        return chunks + [current]
 
     def _check_budget(self, what: str, extra: int) -> None:
-        need = self.weights_bytes() + self._kv_held + extra
+        """MemoryBudgetError unless what the process holds now (its resident memory, engine and KV cache included
+        once loaded; at least the engine's size) plus `extra`, the step's own allocation, fits the budget."""
+        held = max(process_rss(), self.weights_bytes() * self._loaded + self._kv_held)
+        need = held + extra
         if need > self.budget:
             raise MemoryBudgetError(
-                f"{what} needs ~{extra / GiB:.2f} GiB beside the engine's {self.weights_bytes() / GiB:.2f} GiB "
-                f"and a {self._kv_held / GiB:.2f} GiB KV cache: {need / GiB:.2f} GiB over the budget of "
-                f"{self.budget / GiB:.2f} GiB (EDGE_AWARES_MEMORY_BUDGET, in GiB, raises it)")
+                f"{what} needs ~{extra / GiB:.2f} GiB beside the {held / GiB:.2f} GiB this process holds (engine "
+                f"{self.weights_bytes() / GiB:.2f} GiB, KV cache {self._kv_held / GiB:.2f} GiB): {need / GiB:.2f} GiB "
+                f"is over the budget of {self.budget / GiB:.2f} GiB (--memory-budget or EDGE_AWARES_MEMORY_BUDGET, "
+                "in GiB, raises it)")
+        self._planned_peak = max(self._planned_peak, need)
 
     def memory(self) -> dict:
-        """The budget and what this backend holds against it (bytes)."""
+        """The budget, what this backend holds against it, and the largest total it planned for (bytes)."""
         return {"budget": self.budget, "weights": self.weights_bytes(), "kv_cache": self._kv_held,
-                "vision_peak": self._vision_peak}
+                "vision_peak": self._vision_peak, "planned_peak": self._planned_peak}
 
     # -- Backend interface -------------------------------------------------------------------------
     def encode_images(self, views: list[View]) -> list[np.ndarray]:
         if not views:
             return []
-        layout = vision_layout([v.grid_thw for v in views], self._merge, self._window, self._patch)
-        attention = self._attention_bytes(layout)
-        self._check_budget(f"encoding {len(views)} view(s) of {sum(v.n_tokens for v in views)} visual tokens", attention)
+        chunks = [(c, vision_layout([v.grid_thw for v in c], self._merge, self._window, self._patch))
+                  for c in self._vision_chunks(views)]
+        attention = max(self._attention_bytes(layout) for _, layout in chunks)
+        self._check_budget(f"encoding {len(views)} view(s) of {sum(v.n_tokens for v in views)} visual tokens "
+                           f"(largest call: {max(len(c) for c, _ in chunks)} view(s))", attention)
         self._vision_peak = max(self._vision_peak, attention)
-        pixels = np.concatenate([v.pixel_values() for v in views], axis=0).astype(self._vision_dtype, copy=False)
-        out = self.vision.run(None, layout.inputs(pixels))[0].astype(np.float32, copy=False)
-        return np.split(out, np.cumsum(layout.tokens)[:-1])
+        features = []
+        for chunk, layout in chunks:
+            pixels = np.concatenate([v.pixel_values() for v in chunk], axis=0).astype(self._vision_dtype, copy=False)
+            out = self.vision.run(None, layout.inputs(pixels))[0].astype(np.float32, copy=False)
+            features += np.split(out, np.cumsum(layout.tokens)[:-1])
+        return features
 
     def embed_tokens(self, ids: np.ndarray) -> np.ndarray:
         return np.asarray(self._table[np.asarray(ids, dtype=np.int64)], dtype=np.float32)
@@ -258,11 +292,33 @@ class OnnxBackend:
         self._kv_held = self.kv_bytes(capacity)
         return OnnxCache(self, capacity)
 
+    def prefill_bytes(self, n: int, past: int) -> int:
+        """Working set of one decoder call on `n` new tokens after `past` cached ones: the attention
+        probabilities of its largest chunk (float32, times the measured overhead) and its hidden states (the
+        graph's logits are the last token's only)."""
+        m = self.manifest.model
+        chunk = min(n, PREFILL_CHUNK)
+        probs = m["num_heads"] * chunk * (past + n) * 4
+        return int(probs * VISION_OVERHEAD) + 8 * chunk * m["hidden_size"] * 4
+
     def forward(self, embeds: np.ndarray, positions: np.ndarray, cache: OnnxCache) -> np.ndarray:
         n = embeds.shape[0]
         total = cache.length + n
         if total > cache.capacity:
             raise EngineError(f"KV cache overflow: {total} tokens exceed its capacity of {cache.capacity}")
+        if n > 1:
+            self._check_budget(f"a prefill of {n} tokens after {cache.length}", self.prefill_bytes(n, cache.length))
+        if n <= PREFILL_CHUNK:
+            return self._forward(embeds, positions, cache)
+        # A long prefill runs in chunks on the cache, as a crop turn does: the same result (attention is causal and
+        # each chunk sees every earlier key), with attention scores for one chunk at a time, not n x n.
+        for i in range(0, n, PREFILL_CHUNK):
+            logits = self._forward(embeds[i:i + PREFILL_CHUNK], positions[:, i:i + PREFILL_CHUNK], cache)
+        return logits  # the last token's, as the interface returns
+
+    def _forward(self, embeds: np.ndarray, positions: np.ndarray, cache: OnnxCache) -> np.ndarray:
+        n = embeds.shape[0]
+        total = cache.length + n
         io = self.decoder.io_binding()
         io.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds[None], dtype=self._embeds_dtype))
         io.bind_cpu_input("position_ids", np.ascontiguousarray(positions, dtype=np.int64).reshape(3, 1, n))
@@ -318,13 +374,30 @@ def open_engine_session(engine: str | Path, protocol: str | None = None, config=
                                                                            "max_context") if k in gen})
     config = config.with_overrides(**(overrides or {}))
     backend = OnnxBackend(manifest, provider=provider, **backend_options)
-    tok = TextTokenizer.from_file(manifest.root / manifest.data["tokenizer"])
+    tok = TextTokenizer.from_file(manifest.tokenizer_path())
     return Session(backend, tok, proto, manifest.crop_set(), manifest.geometry(), config)
 
 
 GiB = 1 << 30
+# Measured: onnxruntime's CPU provider held ~2x the two float32 score matrices of a vision attention (nine 972-token
+# crops of a 12 MP photo: 8.5 GB over the process baseline for 4.5 GB of scores and probabilities).
+VISION_OVERHEAD = 2.0
+# Views are grouped into one vision call while the call's planned attention stays under this (a lone bigger view
+# gets a call of its own).
+VISION_CHUNK_BYTES = 256 << 20
+# Longer prefills run in chunks of this many tokens (llama.cpp's default micro-batch is the same 512).
+PREFILL_CHUNK = 512
 # A budget that fits an 8 GB device (Jetson Orin Nano shares 8 GB between CPU and GPU; the OS keeps ~1 GB).
 DEFAULT_MEMORY_BUDGET_GB = 7.0
+
+
+def process_rss() -> int:
+    """This process's resident memory now (bytes; 0 where the platform does not say)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0
 
 
 def memory_budget() -> int:
@@ -348,8 +421,6 @@ def engine_threads() -> int | None:
     v = os.environ.get("EDGE_AWARES_THREADS")
     if not v:
         return None
-    if not v.isdigit() or not 1 <= int(v) <= 1024:
-        from edge_awares.errors import ConfigError
+    from edge_awares.ranges import check_threads
 
-        raise ConfigError(f"EDGE_AWARES_THREADS must be a whole number from 1 to 1024, not {v!r}")
-    return int(v)
+    return check_threads(v, "EDGE_AWARES_THREADS")
