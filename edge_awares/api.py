@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from .crops import AWARES_CROPS, CropSet
 from .errors import ConfigError, PromptError
 from .images import load_image
 from .protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
+from .ranges import MEMORY_BUDGET_GB, SEED, TEMPERATURE, Range
 from .session import Sampler, Session, SessionConfig, SessionResult, parse_crop_policy
 
 
@@ -33,6 +33,7 @@ class AskConfig:
     temperature: float = 0.0
     seed: int | None = None
     provider: str = "cpu"
+    memory_budget: float | None = None  # GiB the engine runtime may plan for (None: its default)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "AskConfig":
@@ -43,21 +44,26 @@ class AskConfig:
         if self.protocol is not None and self.protocol not in PROTOCOLS:
             raise ConfigError(f"unknown protocol {self.protocol!r}; legal: {', '.join(PROTOCOLS)}")
         check_limits(self.max_new_tokens, self.max_crop_turns, self.max_context)
-        if self.temperature < 0:
-            raise ConfigError("--temperature must be 0 or more")
+        TEMPERATURE.check("--temperature", self.temperature)
+        MEMORY_BUDGET_GB.check("--memory-budget", self.memory_budget)
+        if self.seed is not None:
+            SEED.check("--seed", self.seed)
         parse_crop_policy(self.crops, AWARES_CROPS)
         return self
+
+
+# The legal range of each generation limit: flags, export options and an engine manifest's stored limits
+# (edge_awares/manifest.py) are all checked against this one table.
+LIMITS = {"max_new_tokens": (1, 1 << 16), "max_crop_turns": (0, 16), "max_context": (64, 1 << 20)}
 
 
 def check_limits(max_new_tokens: int | None = None, max_crop_turns: int | None = None,
                  max_context: int | None = None) -> None:
     """ConfigError for a generation limit outside its legal range (None: unset, checked later by the engine)."""
-    if max_new_tokens is not None and not 1 <= max_new_tokens <= 1 << 16:
-        raise ConfigError("--max-new-tokens must lie in [1, 65536]")
-    if max_crop_turns is not None and not 0 <= max_crop_turns <= 16:
-        raise ConfigError("--max-crop-turns must lie in [0, 16]")
-    if max_context is not None and not 64 <= max_context <= 1 << 20:
-        raise ConfigError("--max-context must lie in [64, 1048576]")
+    for name, value in (("max_new_tokens", max_new_tokens), ("max_crop_turns", max_crop_turns),
+                        ("max_context", max_context)):
+        lo, hi = LIMITS[name]
+        Range(lo, hi, integer=True, optional=True).check(f"--{name.replace('_', '-')}", value)
 
 
 # The demo policy this project trains itself (edge-awares train demo --ship): an int8 ONNX engine of a ~3M-parameter
@@ -79,23 +85,29 @@ def default_tiny_checkpoint() -> Path:
     root = cache_dir()
     path = root / "tiny-qwen2_5_vl"
     if not (path / "model.safetensors").is_file():
-        tmp = root / f".tiny-{os.getpid()}"
-        make_tiny_checkpoint(tmp)
-        if path.exists():  # an earlier build that stopped before its weights were written
+        from .outputs import is_ours
+
+        if path.exists() and not is_ours(path, "checkpoint"):
+            # An older version's build that stopped before its weights: this name in our own cache is ours.
             shutil.rmtree(path)
-        tmp.replace(path)  # built aside and moved in whole, so a half-written folder is never used
+        make_tiny_checkpoint(path, force=True)  # built aside and renamed into place whole
     return path
 
 
 def open_session(model: str | Path | None = None, engine: str | Path | None = None, protocol: str | None = None,
                  config: SessionConfig | None = None, provider: str = "cpu", crop_set: CropSet = AWARES_CROPS,
-                 overrides: dict | None = None, **protocol_options) -> Session:
+                 overrides: dict | None = None, memory_budget: float | None = None, **protocol_options) -> Session:
     """A Session over a checkpoint (torch reference backend) or an engine directory. `config` None: the
-    engine's stored generation limits (or SessionConfig's defaults); `overrides` replace its fields not None."""
+    engine's stored generation limits (or SessionConfig's defaults); `overrides` replace its fields not None.
+    `memory_budget` (GiB) bounds an engine runtime (None: its default); the torch reference has none."""
     if engine is not None:
         from .runtimes.onnx import open_engine_session
 
-        return open_engine_session(engine, protocol=protocol, config=config, provider=provider, overrides=overrides)
+        budget = None if memory_budget is None else int(memory_budget * (1 << 30))
+        return open_engine_session(engine, protocol=protocol, config=config, provider=provider, overrides=overrides,
+                                   memory_budget_bytes=budget)
+    if memory_budget is not None:
+        raise ConfigError("--memory-budget bounds an engine runtime (--engine); the torch reference (--model) has none")
     from .models import read_checkpoint
     from .runtimes.reference import TorchBackend
     from .tokenizer import TextTokenizer
@@ -121,6 +133,7 @@ def ask(cfg: AskConfig, session: Session | None = None) -> SessionResult:
             else:
                 model = str(default_tiny_checkpoint())
         session = open_session(model=model, engine=engine, protocol=cfg.protocol, provider=cfg.provider,
+                               memory_budget=cfg.memory_budget,
                                overrides={"max_new_tokens": cfg.max_new_tokens, "max_crop_turns": cfg.max_crop_turns,
                                           "max_context": cfg.max_context})
     sampler = Sampler(cfg.temperature, seed=cfg.seed)

@@ -15,6 +15,7 @@ from . import __version__
 from .bigckpt import PRESETS as _BIG_PRESETS  # plain data: imports no torch
 from .errors import ConfigError, EdgeAwaresError
 from .protocols import DEFAULT_PROTOCOL, PROTOCOLS
+from .ranges import memory_budget_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,16 +41,22 @@ def cli():
 @click.option("--seed", type=int, default=None)
 @click.option("--provider", default="cpu", show_default=True, help="Execution provider for --engine.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@memory_budget_option
 @click.option("--show", "show", type=click.Path(dir_okay=False), default=None,
-              help="Write the image with the fetched crops drawn on it (PNG).")
+              help="Write the image with the fetched crops drawn on it (PNG) into an existing folder; never over "
+                   "the input, and over an existing file only a PNG of ours.")
 def ask(image, question, model, engine, protocol, crops, max_new_tokens, max_crop_turns, max_context,
-        temperature, seed, provider, as_json, show):
+        temperature, seed, provider, memory_budget, as_json, show):
     """Answer QUESTION about IMAGE: low-res view first, crops only if the policy asks."""
     from .api import AskConfig, ask as run_ask
 
     cfg = AskConfig(image=image, question=question, model=model, engine=engine, protocol=protocol, crops=crops,
                     max_new_tokens=max_new_tokens, max_crop_turns=max_crop_turns, max_context=max_context,
-                    temperature=temperature, seed=seed, provider=provider).validate()
+                    temperature=temperature, seed=seed, provider=provider, memory_budget=memory_budget).validate()
+    if show:
+        from .outputs import check_file
+
+        check_file(show, "png", inputs=(image, model, engine))  # before the run: never the input image
     from .api import demo_engine
 
     default = model is None and engine is None
@@ -66,12 +73,12 @@ def ask(image, question, model, engine, protocol, crops, max_new_tokens, max_cro
                random_weights=noise)
     if show:
         from .images import load_image
+        from .outputs import png_info, write_file_atomic
         from .overlay import draw_crops
 
-        try:
-            draw_crops(load_image(image), result).save(show, format="PNG")
-        except OSError as e:
-            raise ConfigError(f"--show {show}: cannot write ({e})") from None
+        drawn = draw_crops(load_image(image), result)
+        write_file_atomic(show, lambda f: drawn.save(f, format="PNG", pnginfo=png_info()), "png",
+                          inputs=(image, model, engine))
         out["show"] = show
     if as_json:
         click.echo(json.dumps(out))
@@ -87,20 +94,25 @@ def ask(image, question, model, engine, protocol, crops, max_new_tokens, max_cro
 @click.option("--text-layers", type=int, default=None, help="Real-size presets: keep only N language-model layers.")
 @click.option("--dtype", type=click.Choice(["bfloat16", "float32"]), default="bfloat16", show_default=True,
               help="Real-size presets: the stored dtype.")
-def tiny(out_dir, preset, seed, text_layers, dtype):
+@click.option("--force", is_flag=True, help="Replace a checkpoint `tiny` built before (never any other folder).")
+def tiny(out_dir, preset, seed, text_layers, dtype, force):
     """Build a random-init Qwen2.5-VL checkpoint (tests, plumbing, and export memory/speed work at the real sizes;
     answers are noise)."""
+    from .ranges import SEED, Range
+
+    SEED.check("--seed", seed)
+    Range(1, 1024, integer=True, optional=True).check("--text-layers", text_layers)
     if preset in _BIG_PRESETS:
         from .bigckpt import make_big_checkpoint
 
         click.echo(str(make_big_checkpoint(out_dir, preset=preset, seed=seed, text_layers=text_layers, dtype=dtype,
-                                           log=lambda msg: click.echo(msg, err=True))))
+                                           log=lambda msg: click.echo(msg, err=True), force=force)))
         return
     if text_layers is not None or dtype != "bfloat16":
         raise ConfigError(f"--text-layers and --dtype apply to the real-size presets ({', '.join(_BIG_PRESETS)})")
     from .tiny import make_tiny_checkpoint
 
-    click.echo(str(make_tiny_checkpoint(out_dir, preset=preset, seed=seed)))
+    click.echo(str(make_tiny_checkpoint(out_dir, preset=preset, seed=seed, force=force)))
 
 
 @cli.command("export")
@@ -130,7 +142,7 @@ def tiny(out_dir, preset, seed, text_layers, dtype):
 @click.option("--no-gate", is_flag=True, help="Record a quantized engine's deviation instead of enforcing the gate.")
 @click.option("--verify-tokens", type=int, default=12, show_default=True,
               help="Greedy tokens per turn compared against the reference (fewer: a faster check of large models).")
-@click.option("--force", is_flag=True, help="Replace an existing engine directory.")
+@click.option("--force", is_flag=True, help="Replace an engine this toolkit exported (never any other folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest's verification and sizes as JSON.")
 def export_cmd(checkpoint, output, precision, protocol, vision_precision, calib_images, int4_block_size,
                int4_accuracy_level, max_context, reference, memory_budget, min_top1, max_rel_logit_err, no_gate,
@@ -171,10 +183,12 @@ def export_cmd(checkpoint, output, precision, protocol, vision_precision, calib_
 @click.option("--max-new-tokens", type=int, default=None, help="Per turn (default: the engine's, else 64).")
 @click.option("--max-context", type=int, default=None, help="Default: the engine's, else 4096.")
 @click.option("--provider", default="cpu", show_default=True, help="Execution provider: cpu, cuda, tensorrt.")
-@click.option("--trace", type=click.Path(), default=None, help="Write a Chrome trace (chrome://tracing, Perfetto).")
+@click.option("--trace", type=click.Path(), default=None, help="Write a Chrome trace (chrome://tracing, Perfetto) "
+              "into an existing folder; replaces only a trace of ours.")
+@memory_budget_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def profile_cmd(image, question, engine, model, protocol, crops, runs, warmup, max_new_tokens, max_context,
-                provider, trace, as_json):
+                provider, trace, memory_budget, as_json):
     """Time the crop loop on IMAGE/QUESTION: per-turn vision, prefill, decode; RTR; peak memory.
 
     Without --engine or --model it profiles the shipped demo engine."""
@@ -190,7 +204,7 @@ def profile_cmd(image, question, engine, model, protocol, crops, runs, warmup, m
 
     cfg = ProfileConfig(image=image, question=question, engine=engine, model=model, protocol=protocol, crops=crops,
                         runs=runs, warmup=warmup, provider=provider, max_new_tokens=max_new_tokens,
-                        max_context=max_context, trace=trace).validate()
+                        max_context=max_context, trace=trace, memory_budget=memory_budget).validate()
     report = profile(cfg)
     if as_json:
         click.echo(json.dumps(report))
@@ -241,8 +255,9 @@ def _print_result(out: dict) -> None:
     mem = out.get("memory")
     if mem:
         g = 1 << 30
-        con.print(f"memory plan: engine {mem['weights'] / g:.2f} GiB + KV cache {mem['kv_cache'] / g:.2f} GiB + "
-                  f"vision peak {mem['vision_peak'] / g:.2f} GiB, within a {mem['budget'] / g:.1f} GiB budget")
+        con.print(f"memory plan: peak {mem['planned_peak'] / g:.2f} GiB (engine {mem['weights'] / g:.2f} GiB, KV cache "
+                  f"{mem['kv_cache'] / g:.2f} GiB, largest vision call {mem['vision_peak'] / g:.2f} GiB, and the "
+                  f"process), within a {mem['budget'] / g:.1f} GiB budget")
     con.print(f"total {out['total_ms']:.0f} ms (including load)")
 
 
@@ -264,6 +279,16 @@ def main(argv=None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except OSError as e:
+        # The last net: a filesystem refusal (full disk, read-only place, a file where a folder should be) that
+        # no typed check caught first is still the environment's answer, not a bug; one line, exit 1.
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(click.style("error: ", fg="red", bold=True) + f"{where}{e.strerror or e}", err=True)
+        return 1
+    except MemoryError:
+        click.echo(click.style("error: ", fg="red", bold=True) + "out of memory (the request needs more memory than "
+                   "this machine has; lower the sizes or use a smaller engine)", err=True)
+        return 1
     return 0
 
 

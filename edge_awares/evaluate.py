@@ -2,6 +2,9 @@
 histogram and latency — the numbers the paper compares (accuracy at a retained-token ratio).
 
     edge-awares eval --data DIR_OR_JSONL --model CKPT [--crops model|none|all|IDS] [--native] [--json]
+
+A bad sample (malformed row, refused or unreadable image, prompt that does not fit) is skipped and listed with
+its file:line (data.badsamples); the command then exits 3 unless --allow-bad-samples.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from .errors import ConfigError, DataError
+from .errors import BadSamplesError, ConfigError, DataError, ImageError, PromptError
 from .protocols import DEFAULT_PROTOCOL
 from .session import Session
 
@@ -32,7 +35,11 @@ class EvalConfig:
     limit: int | None = None
     max_new_tokens: int = 32
     provider: str = "cpu"
+    memory_budget: float | None = None  # GiB (None: the runtime's default)
     out: str | None = None  # per-sample JSONL
+    image_roots: tuple[str, ...] = ()  # folders images may lie in besides the data's own (--image-root)
+    on_bad_sample: str = "skip"  # skip | stop (data.badsamples)
+    allow_bad_samples: bool = False  # exit 0 even if samples were skipped
 
     def validate(self) -> "EvalConfig":
         if self.model and self.engine:
@@ -41,8 +48,21 @@ class EvalConfig:
             raise ConfigError("give --model CKPT or --engine DIR")
         if self.metric not in METRICS:
             raise ConfigError(f"unknown metric {self.metric!r}; legal: {', '.join(METRICS)}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError("--limit must be at least 1")
+        if self.out:
+            from .outputs import check_file
+
+            check_file(self.out, "jsonl", inputs=(self.data, self.model, self.engine))  # before the model loads
+        from .api import LIMITS
+        from .ranges import MEMORY_BUDGET_GB, Range, check_ranges
+
+        check_ranges(self, {"limit": Range(1, 10**9, integer=True, optional=True),
+                            "max_new_tokens": Range(*LIMITS["max_new_tokens"], integer=True),
+                            "memory_budget": MEMORY_BUDGET_GB})
+        from .data.badsamples import check_policy
+        from .data.loaders import check_image_roots
+
+        check_policy(self.on_bad_sample)
+        check_image_roots(self.image_roots)
         return self
 
 
@@ -57,6 +77,7 @@ class EvalReport:
     latency_ms: dict[str, float]  # median, p90, mean per sample (session only, model loaded)
     visual_tokens: float  # mean visual tokens per sample
     config: dict = field(default_factory=dict)
+    bad_samples: dict = field(default_factory=lambda: {"count": 0, "samples": []})  # skipped: where, reason, id
     records: list[dict] = field(default_factory=list, repr=False)
 
     def to_dict(self, with_records: bool = False) -> dict:
@@ -67,28 +88,40 @@ class EvalReport:
 
 
 def evaluate(cfg: EvalConfig, session: Session | None = None, progress: bool = True) -> EvalReport:
-    """Run every sample through the session; raises DataError for a missing or empty dataset."""
+    """Run every sample through the session. Bad samples are skipped and listed in the report's `bad_samples`
+    (with cfg.on_bad_sample "stop", the first raises BadSamplesError); the caller decides what they mean for the
+    exit (data.badsamples.raise_if_bad). Raises DataError for a missing or empty dataset, BadSamplesError when
+    no sample at all could be evaluated."""
+    from .data.badsamples import BadSamples
     from .data.loaders import load_benchmark
     from .data.metrics import get_metric
 
     cfg.validate()
-    samples = load_benchmark(cfg.benchmark, cfg.data, limit=cfg.limit)
-    if not samples:
+    bad = BadSamples(cfg.on_bad_sample, cfg.allow_bad_samples)
+    samples = load_benchmark(cfg.benchmark, cfg.data, limit=cfg.limit, image_roots=cfg.image_roots, bad=bad)
+    if not samples and not bad.items:
         raise DataError(f"{cfg.data}: no samples")
     if session is None:
         from .api import open_session
 
         session = open_session(model=cfg.model, engine=cfg.engine, protocol=cfg.protocol, provider=cfg.provider,
-                               overrides={"max_new_tokens": cfg.max_new_tokens})
+                               memory_budget=cfg.memory_budget, overrides={"max_new_tokens": cfg.max_new_tokens})
     metric = get_metric(cfg.metric)
     records = []
-    out = open(cfg.out, "w") if cfg.out else None
+    from .outputs import PRODUCER, open_output
+
+    # Written beside --out and renamed onto it at the end: a failed run leaves no partial records file.
+    out = open_output(cfg.out, "jsonl", inputs=(cfg.data, cfg.model, cfg.engine), mode="w") if cfg.out else None
     try:
         for sample in _progress(samples, progress):
-            image = sample.load_image()
-            t0 = time.perf_counter()
-            r = session.run(image, sample.question, crops="none" if cfg.native else cfg.crops,
-                            view="native" if cfg.native else "lowres")
+            try:
+                image = sample.load_image()
+                t0 = time.perf_counter()
+                r = session.run(image, sample.question, crops="none" if cfg.native else cfg.crops,
+                                view="native" if cfg.native else "lowres")
+            except (ImageError, PromptError) as e:  # typed per-sample errors only: a bug still surfaces
+                bad.add(sample.where, str(e), sample.id)
+                continue
             ms = (time.perf_counter() - t0) * 1e3
             rec = {"id": sample.id, "question": sample.question, "answers": list(sample.answers),
                    "prediction": r.answer, "score": float(metric(r.answer, sample.answers)), "rtr": r.rtr,
@@ -97,12 +130,21 @@ def evaluate(cfg: EvalConfig, session: Session | None = None, progress: bool = T
                    "gold_crops": list(sample.crop_ids or []), "needs_detail": sample.needs_detail}
             records.append(rec)
             if out:
-                out.write(json.dumps(rec) + "\n")
+                out.write(json.dumps({**rec, "producer": PRODUCER}) + "\n")
                 out.flush()
+    except BaseException:
+        if out:
+            out.discard()
+        raise
     finally:
         if out:
             out.close()
-    return summarize(records, config={k: v for k, v in asdict(cfg).items()})
+    if not records:
+        first = bad.items[0]
+        raise BadSamplesError(f"{cfg.data}: no sample could be evaluated; all {len(bad)} were bad (first: {first})")
+    report = summarize(records, config={k: v for k, v in asdict(cfg).items()})
+    report.bad_samples = bad.to_dict()
+    return report
 
 
 def summarize(records: list[dict], config: dict | None = None) -> EvalReport:
@@ -141,6 +183,9 @@ def _progress(items, enabled: bool):
 def _command():
     import click
 
+    from .data.badsamples import bad_sample_options
+    from .ranges import memory_budget_option
+
     @click.command("eval")
     @click.option("--data", required=True, type=click.Path(), help="Samples JSONL (or folder), or a benchmark copy.")
     @click.option("--model", type=click.Path(), help="Hugging Face checkpoint folder (torch reference backend).")
@@ -154,20 +199,34 @@ def _command():
     @click.option("--limit", type=int, default=None)
     @click.option("--max-new-tokens", type=int, default=32, show_default=True)
     @click.option("--provider", default="cpu", show_default=True)
-    @click.option("--out", type=click.Path(), default=None, help="Write per-sample records (JSONL).")
+    @memory_budget_option
+    @click.option("--out", type=click.Path(), default=None,
+                  help="Write per-sample records (JSONL) into an existing folder, whole at the end; replaces only "
+                       "records of ours.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+    @bad_sample_options
     def eval_command(as_json, **kw):
-        """Accuracy, RTR, request/parse rates, crop histogram and latency over a dataset."""
+        """Accuracy, RTR, request/parse rates, crop histogram and latency over a dataset.
+
+        Image paths in the data must resolve inside the data's folder (or an --image-root). Bad samples are
+        skipped and listed (file:line and reason; "bad_samples" in --json); exit codes: 0 all samples used,
+        3 some were bad (0 with --allow-bad-samples), 2 any other error."""
+        from .data.badsamples import raise_if_bad
+
         cfg = EvalConfig(**kw).validate()
         report = evaluate(cfg, progress=not as_json)
         if as_json:
             click.echo(json.dumps(report.to_dict()))
+            raise_if_bad(report.bad_samples, cfg.allow_bad_samples, report.n + report.bad_samples["count"])
             return
         lat = report.latency_ms
         click.echo(f"n={report.n}  accuracy={report.accuracy:.3f} ({cfg.metric})  RTR={report.rtr:.3f}  "
                    f"requests={report.request_rate:.2f}  parsed={report.parse_rate:.2f}  "
                    f"latency median={lat['median']:.0f} ms p90={lat['p90']:.0f} ms")
         click.echo(f"crops: {report.crop_histogram or 'none'}")
+        for b in report.bad_samples["samples"]:
+            click.echo(f"bad sample {b['where']}: {b['reason']}", err=True)
+        raise_if_bad(report.bad_samples, cfg.allow_bad_samples, report.n + report.bad_samples["count"])
 
     return eval_command
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import platform
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,7 +64,11 @@ class ExportConfig:
     min_top1: float | None = None  # None: GATES[precision]
     max_rel_logit_err: float | None = None
     gate: bool = True  # False: record the deviation only (never for fp32)
-    force: bool = False  # replace an existing engine directory
+    force: bool = False  # replace an existing engine of ours (never any other folder, never the checkpoint)
+
+    def inputs(self) -> tuple[str, ...]:
+        """What the export reads: the output may be none of these, nor a folder holding one."""
+        return (self.checkpoint, *self.calib_images)
 
     def resolved_vision_precision(self) -> str:
         if self.vision_precision:
@@ -92,23 +95,22 @@ class ExportConfig:
             raise ConfigError("--int4-accuracy-level must be 0 (unset), 1 (fp32), 2 (fp16), 3 (bf16) or 4 (int8)")
         if self.reference not in ("auto", "resident", "streamed"):
             raise ConfigError("--reference must be auto, resident or streamed")
-        if self.memory_budget_gb is not None and not (0 < self.memory_budget_gb < 1 << 20):
-            raise ConfigError("--memory-budget must be a positive number of GiB")
-        if self.min_top1 is not None and not 0.0 <= self.min_top1 <= 1.0:
-            raise ConfigError("--min-top1 must lie in [0, 1]")
-        if self.max_rel_logit_err is not None and not 0.0 <= self.max_rel_logit_err < float("inf"):
-            raise ConfigError("--max-rel-logit-err must be a finite number >= 0")
-        if not 1 <= self.verify_tokens <= 256:
-            raise ConfigError("verify_tokens must lie in [1, 256]")
-        out = Path(self.output)
-        if out.exists() and not self.force:
-            raise ConfigError(f"{out} already exists; remove it or pass --force")
+        from edge_awares.ranges import Range
+
+        Range(0.0, 1 << 20, lo_open=True, optional=True).check("--memory-budget", self.memory_budget_gb)
+        Range(0.0, 1.0, optional=True).check("--min-top1", self.min_top1)
+        Range(0.0, 1e6, optional=True).check("--max-rel-logit-err", self.max_rel_logit_err)
+        Range(1, 256, integer=True).check("--verify-tokens", self.verify_tokens)
         from edge_awares.api import check_limits
 
         check_limits(max_new_tokens=self.max_new_tokens, max_context=self.max_context)
         for p in self.calib_images:
             if not Path(p).is_file():
                 raise ConfigError(f"calibration image {p} does not exist")
+        from edge_awares.outputs import prepare_dir
+
+        # Before any work: an existing folder must be an engine of ours (and --force given), never the input.
+        prepare_dir(self.output, "engine", force=self.force, inputs=self.inputs())
         return self
 
 
@@ -121,20 +123,22 @@ def export_engine(cfg: ExportConfig, log=print) -> Path:
     """
     from edge_awares.models import read_checkpoint
 
+    from edge_awares.outputs import building, is_write_failure, output_error
+
     cfg.validate()
     info = read_checkpoint(cfg.checkpoint)
     out = Path(cfg.output).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        _build(cfg, info, tmp, log)
-        _publish_permissions(tmp)
-        _place(tmp, out, cfg.force)
+        # Built in a partial sibling that records its owner (a killed export's is removed by the next one) and
+        # renamed into place whole; --force replaces only an engine of ours, never the checkpoint.
+        with building(out, "engine", force=cfg.force, inputs=cfg.inputs(), log=log) as tmp:
+            _build(cfg, info, tmp, log)
+            _publish_permissions(tmp)
     except EdgeAwaresError:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     except Exception as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if is_write_failure(e, out.parent, cfg.inputs()):
+            raise output_error(out, e) from None
         raise ExportError(f"export of {cfg.checkpoint} failed: {type(e).__name__}: {e}") from e
     return out
 
@@ -148,19 +152,6 @@ def _publish_permissions(root: Path) -> None:
     root.chmod(0o777 & ~mask)
     for f in root.iterdir():
         f.chmod(0o666 & ~mask)
-
-
-def _place(tmp: Path, out: Path, force: bool) -> None:
-    """Rename the finished directory into place (same filesystem: atomic); an old one goes only after."""
-    if out.exists():
-        if not force:
-            raise ConfigError(f"{out} appeared during the export; not replacing it without --force")
-        old = out.with_name(f".{out.name}.old-{int(time.time() * 1e3)}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
 
 
 class _Progress:
@@ -406,7 +397,7 @@ def _verify(info, engine_dir: Path, protocol, cfg: ExportConfig, plan, log):
     scfg = SessionConfig(max_new_tokens=cfg.verify_tokens, max_context=VERIFY_CONTEXT)
     manifest = load_manifest(engine_dir, check_files=False)
     backend = TorchBackend(info.path, streamed=plan.reference == "streamed")
-    ref = Session(backend, TextTokenizer.from_file(engine_dir / "tokenizer.json"), protocol,
+    ref = Session(backend, TextTokenizer.from_file(manifest.tokenizer_path()), protocol,
                   manifest.crop_set(), manifest.geometry(), scfg)
     runs = verify.record_reference(ref, images, max_new_tokens=cfg.verify_tokens)
     del ref, backend
@@ -438,10 +429,21 @@ def _special_tokens(path: Path) -> dict:
 
 
 def checkpoint_hash(path: Path) -> str:
-    """sha256 over the checkpoint's files (relative name + content hash), independent of listing order."""
+    """sha256 over the checkpoint's files (relative name + content hash), independent of listing order. Our own
+    marker and the toolkit's outputs inside the checkpoint (an engine exported to CKPT/engine, its partial while
+    it is written) are not the checkpoint and are left out."""
+    import os
+
+    from edge_awares.outputs import MARKER
+
+    root = Path(path)
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not (Path(folder, d) / MARKER).exists()]
+        files += [Path(folder, n) for n in names if not (n == MARKER and Path(folder) == root)]
     h = hashlib.sha256()
-    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(path)).encode() + b"\0" + file_entry(f)["sha256"].encode() + b"\n")
+    for f in sorted(f for f in files if f.is_file()):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + file_entry(f)["sha256"].encode() + b"\n")
     return h.hexdigest()
 
 

@@ -33,17 +33,27 @@ class ProfileConfig:
     max_new_tokens: int | None = None  # None: the engine's stored limits, else SessionConfig's
     max_context: int | None = None
     trace: str | None = None
+    memory_budget: float | None = None  # GiB (None: the runtime's default)
 
     def validate(self) -> "ProfileConfig":
         if bool(self.engine) == bool(self.model):
             raise ConfigError("give exactly one of --engine or --model")
         if not self.question or not self.question.strip():
             raise PromptError("the question is empty")
-        if self.runs < 1 or self.warmup < 0:
-            raise ConfigError("--runs must be at least 1 and --warmup 0 or more")
+        from edge_awares.ranges import Range
+
+        Range(1, 10**6, integer=True).check("--runs", self.runs)
+        Range(0, 10**6, integer=True).check("--warmup", self.warmup)
+        from edge_awares.ranges import MEMORY_BUDGET_GB
+
+        MEMORY_BUDGET_GB.check("--memory-budget", self.memory_budget)
         from edge_awares.api import check_limits
 
         check_limits(self.max_new_tokens, None, self.max_context)
+        if self.trace:
+            from edge_awares.outputs import check_file
+
+            check_file(self.trace, "trace", inputs=(self.image, self.engine, self.model))
         return self
 
 
@@ -109,6 +119,7 @@ def profile(cfg: ProfileConfig, session=None) -> dict:
     t_load = time.perf_counter()
     if session is None:
         session = open_session(model=cfg.model, engine=cfg.engine, protocol=cfg.protocol, provider=cfg.provider,
+                               memory_budget=cfg.memory_budget,
                                overrides={"max_new_tokens": cfg.max_new_tokens, "max_crop_turns": 1,
                                           "max_context": cfg.max_context})
     load_ms = (time.perf_counter() - t_load) * 1e3
@@ -172,17 +183,22 @@ def profile(cfg: ProfileConfig, session=None) -> dict:
 
 
 def write_trace(path: str | Path, events: list[dict], report: dict) -> Path:
-    """Chrome trace-event JSON: runs on one row, backend calls (vision, prefill, decode steps) on another."""
+    """Chrome trace-event JSON: runs on one row, backend calls (vision, prefill, decode steps) on another.
+    Raises OutputError (see edge_awares.outputs.check_file: a missing folder, a folder, the input, a file not
+    ours, a full disk or a read-only place); nothing partial is left."""
     meta = [
         {"name": "process_name", "ph": "M", "pid": 1, "args": {"name": f"edge-awares ({report['backend']})"}},
         {"name": "thread_name", "ph": "M", "pid": 1, "tid": 1, "args": {"name": "session runs"}},
         {"name": "thread_name", "ph": "M", "pid": 1, "tid": 2, "args": {"name": "backend calls"}},
     ]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"traceEvents": meta + events, "displayTimeUnit": "ms",
-                                "otherData": {"total_ms": report["total_ms"], "rtr": report["rtr"]}}))
-    return path
+    from edge_awares.outputs import PRODUCER, write_file_atomic
+
+    # Written whole into an existing folder, replacing only a trace of ours (otherData.producer marks it).
+    write_file_atomic(path, json.dumps({"traceEvents": meta + events, "displayTimeUnit": "ms",
+                                        "otherData": {"producer": PRODUCER, "total_ms": report["total_ms"],
+                                                      "rtr": report["rtr"]}}),
+                      "trace", inputs=tuple(report.get("config", {}).get(k) for k in ("image", "engine", "model")))
+    return Path(path)
 
 
 def format_report(report: dict) -> str:

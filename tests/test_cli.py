@@ -48,7 +48,7 @@ def test_ask_human_output(tiny_ckpt, doc_path, capsys):
     (["ask", "{doc}", "q", "--crops", "0,9"], "unknown crop id '9'"),
     (["ask", "{doc}", "   "], "question is empty"),
     (["ask", "{doc}", "q", "--max-context", "100"], "prompt too long"),
-    (["ask", "{doc}", "q", "--max-new-tokens", "0"], "must lie in [1, 65536]"),
+    (["ask", "{doc}", "q", "--max-new-tokens", "0"], "--max-new-tokens 0 is out of range; legal: [1, 2**16]"),
     (["ask", "{doc}", "q", "--model", "{tmp}"], "no config.json"),
     (["ask", "{doc}", "q", "--model", "{ckpt}", "--engine", "{tmp}"], "not both"),
 ])
@@ -89,3 +89,32 @@ def test_ask_show_draws_crops(tiny_ckpt, doc_path, tmp_path, capsys):
     assert img.getpixel((500, 200)) == (255, 255, 255) and img.getpixel((100, 300)) == (255, 255, 255)
     assert main(["ask", str(doc_path), "q", "--model", str(tiny_ckpt), "--max-new-tokens", "2",
                  "--show", str(tmp_path / "missing" / "x.png")]) == 2
+
+
+@pytest.mark.parametrize("damage", ["truncated", "config", "missing"])
+def test_damaged_checkpoint_with_model_is_one_line(tiny_ckpt, doc_path, tmp_path, capsys, damage):
+    """--model on a truncated model.safetensors, a config.json the weights do not fit, or weights with a tensor
+    missing (which transformers would fill with random values and only log): one line, exit 2."""
+    import os
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    if damage == "truncated":
+        with open(ckpt / "model.safetensors", "r+b") as f:
+            f.truncate(os.path.getsize(ckpt / "model.safetensors") // 2)
+    elif damage == "missing":
+        from safetensors.numpy import load_file, save_file
+
+        tensors = load_file(ckpt / "model.safetensors")
+        tensors.pop(next(k for k in sorted(tensors) if "mlp.up_proj" in k))
+        save_file(tensors, ckpt / "model.safetensors", metadata={"format": "pt"})
+    else:
+        cfg = json.loads((ckpt / "config.json").read_text())
+        text = cfg.get("text_config", cfg)
+        text["intermediate_size"] = 2 * text["intermediate_size"]
+        (ckpt / "config.json").write_text(json.dumps(cfg))
+    rc = main(["ask", str(doc_path), "What is the total?", "--model", str(ckpt)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error:")
+    assert ("do not fit config.json" if damage == "missing" else "cannot load weights") in err[0]

@@ -45,7 +45,7 @@ def test_curate_cli_end_to_end(tiny_ckpt, synth_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["data", "synth", "-n", "0", "-o", "{tmp}/x"], "at least 1"),
+    (["data", "synth", "-n", "0", "-o", "{tmp}/x"], "-n 0 is out of range"),
     (["data", "synth", "-n", "2", "-o", "{tmp}/x", "--detail-share", "2"], "detail_share"),
     (["curate", "--model", "{ckpt}", "--data", "{tmp}/missing", "-o", "{tmp}/o"], "no such data"),
     (["curate", "--model", "{ckpt}", "--data", "{empty}", "-o", "{tmp}/o"], "no samples"),

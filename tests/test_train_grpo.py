@@ -13,7 +13,7 @@ pytest.importorskip("trl")
 from edge_awares.errors import TrainError
 from edge_awares.train.config import GRPORunConfig
 
-from test_train_support import fixed_request_trajectories, hr_policy, mixed_policy, one_thread, samples
+from test_train_support import fixed_request_trajectories, hr_policy, mixed_policy, one_thread, samples, samples_file
 
 
 def request_prob(model_dir, sample) -> float:
@@ -65,6 +65,7 @@ def test_one_update_moves_the_policy_away_from_penalised_requests(tmp_path):
     sample.needs_detail, sample.answers = False, ["<unreachable>"]
     data = write_samples(tmp_path / "one" / "samples.jsonl", [sample], image_dir=None)
     cfg = GRPORunConfig(model=str(model), data=str(data), output=str(tmp_path / "g"), lr=2e-2, max_steps=1,
+                        image_roots=(str(samples_file().parent),),
                         num_generations=8, val_fraction=0.0, save_strategy="no", answer_metric="exact",
                         alpha_use=1.0, seed=0)
     with one_thread():
@@ -105,6 +106,9 @@ def test_completion_budget_guard(tmp_path):
         train_grpo(cfg, log=lambda *a: None)
 
 
+# TRL's own default GRPOConfig (built here for comparison) sets gradient_checkpointing=True, the name transformers
+# deprecates; our own config passes activation_checkpointing (tests/test_deprecations.py).
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning")
 def test_grpo_settings_are_the_papers_not_trls_defaults(tmp_path):
     from trl import GRPOConfig
 
@@ -160,7 +164,7 @@ def test_cli_oracle_trajectories(tmp_path):
 
     out = tmp_path / "t.jsonl"
     assert main(["train", "oracle", str(samples_file()), "-o", str(out)]) == 0
-    trajs = {t.id: t for t in read_trajectories(out)}
+    trajs = {t.id: t for t in read_trajectories(out, image_roots=[samples_file().parent])}
     for s in samples():
         assert trajs[s.id].label == ("HR" if s.needs_detail else "LR")
         assert trajs[s.id].crop_ids == (s.crop_ids if s.needs_detail else [])

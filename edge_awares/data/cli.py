@@ -11,6 +11,8 @@ from collections import Counter
 
 import click
 
+from .badsamples import bad_sample_options
+
 
 @click.group("data")
 def data():
@@ -25,16 +27,18 @@ def data():
 @click.option("--height", type=int, default=448, show_default=True, help="Page height in pixels.")
 @click.option("--detail-share", type=float, default=0.6, show_default=True,
               help="Share of questions answered by small text (legible only at native resolution).")
-def synth(n, out_dir, seed, width, height, detail_share):
+@click.option("--force", is_flag=True, help="Replace a dataset `data synth` wrote before (never any other folder).")
+def synth(n, out_dir, seed, width, height, detail_share, force):
     """Write N synthetic document samples to OUT/samples.jsonl and OUT/images/."""
-    from ..errors import ConfigError
     from .format import read_samples
     from .synth import SynthConfig, write_dataset
 
-    if n < 1:
-        raise ConfigError(f"-n {n}: must be at least 1")
+    from ..ranges import SEED, Range
+
+    Range(1, 10**7, integer=True).check("-n", n)
+    SEED.check("--seed", seed)
     cfg = SynthConfig(width=width, height=height, detail_share=detail_share).validate()
-    path = write_dataset(out_dir, n, seed=seed, cfg=cfg)
+    path = write_dataset(out_dir, n, seed=seed, cfg=cfg, force=force)
     samples = read_samples(path)
     detail = [s for s in samples if s.needs_detail]
     hist = Counter((s.crop_ids or ["?"])[0] for s in detail)
@@ -78,10 +82,16 @@ def synth(n, out_dir, seed, width, height, detail_share):
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Skip samples already in OUT/curation.jsonl, or start over.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: when stderr is a terminal].")
+@bad_sample_options
 def curate(model, data_path, out_dir, benchmark, split, judge, judge_threshold, both_wrong, rule_metric,
            judge_url, judge_model, judge_key_env, judge_checkpoint, oracle, oracle_model, oracle_coords, min_iou,
-           limit, max_new_tokens, max_context, resume, progress):
-    """Label samples LR/HR with the base model at low-res and native resolution; write trajectories."""
+           limit, max_new_tokens, max_context, resume, progress, image_roots, on_bad_sample, allow_bad_samples):
+    """Label samples LR/HR with the base model at low-res and native resolution; write trajectories.
+
+    Image paths in the data must resolve inside the data's folder (or an --image-root). Bad samples are skipped,
+    listed with file:line in OUT/report.{json,md} and retried on resume; exit codes: 0 all samples used, 3 some
+    were bad (0 with --allow-bad-samples), 2 any other error."""
+    from .badsamples import raise_if_bad
     from .curate import CurateConfig, curate as run_curate
 
     cfg = CurateConfig(model=model, data=data_path, out=out_dir, benchmark=benchmark, split=split, judge=judge,
@@ -89,17 +99,22 @@ def curate(model, data_path, out_dir, benchmark, split, judge, judge_threshold, 
                        judge_url=judge_url, judge_model=judge_model, judge_key_env=judge_key_env,
                        judge_checkpoint=judge_checkpoint, oracle=oracle, oracle_model=oracle_model,
                        oracle_coords=oracle_coords, min_iou=min_iou, limit=limit, max_new_tokens=max_new_tokens,
-                       max_context=max_context, resume=resume).validate()
+                       max_context=max_context, resume=resume, image_roots=image_roots,
+                       on_bad_sample=on_bad_sample, allow_bad_samples=allow_bad_samples).validate()
     if progress is None:
         progress = sys.stderr.isatty()
     r = run_curate(cfg, progress=progress)
     c, lab, o, t = r["counts"], r["labels"], r["oracle"], r["timing"]
     crops = " ".join(f"{k}:{v}" for k, v in r["crop_ids"].items()) or "none"
     pct = lambda x: "n/a" if x is None else f"{100 * x:.0f}%"  # noqa: E731
+    bad = r["bad_samples"]
     click.echo(f"curated {c['curated']} of {c['in_data']} samples ({c['this_run']} this run, {c['errors']} errors, "
-               f"{c['skipped']} skipped, {c['dropped']} dropped): LR {lab['LR']} ({pct(lab['LR_rate'])}), "
-               f"HR {lab['HR']} ({pct(lab['HR_rate'])}); crop ids {crops}; oracle boxes {o['with_box']}/{o['hr']}; "
-               f"{t['this_run_s_per_sample'] or 0:.2f} s/sample; report {out_dir}/report.md")
+               f"{c['skipped']} skipped, {c['dropped']} dropped, {bad['count']} bad): LR {lab['LR']} "
+               f"({pct(lab['LR_rate'])}), HR {lab['HR']} ({pct(lab['HR_rate'])}); crop ids {crops}; oracle boxes "
+               f"{o['with_box']}/{o['hr']}; {t['this_run_s_per_sample'] or 0:.2f} s/sample; report {out_dir}/report.md")
+    for b in bad["samples"]:
+        click.echo(f"bad sample {b['where']}: {b['reason']}", err=True)
+    raise_if_bad(bad, allow_bad_samples)
 
 
 COMMANDS = [data, curate]

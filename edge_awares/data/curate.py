@@ -57,6 +57,9 @@ class CurateConfig:
     max_new_tokens: int = 32
     max_context: int = 4096
     resume: bool = True
+    image_roots: tuple[str, ...] = ()  # folders images may lie in besides the data's own (--image-root)
+    on_bad_sample: str = "skip"  # skip | stop (data.badsamples); bad samples are listed in the report
+    allow_bad_samples: bool = False  # the CLI exits 0 even if samples were bad
 
     def validate(self) -> "CurateConfig":
         """Return self, or raise ConfigError naming the bad value and the legal ones, DataError for a missing
@@ -67,17 +70,22 @@ class CurateConfig:
             if getattr(self, name) not in legal:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of "
                                   f"{', '.join(legal)}")
-        ranges = [("judge_threshold", self.judge_threshold is None or 0 < self.judge_threshold <= 1, "(0, 1]"),
-                  ("ocr_min_similarity", 0 < self.ocr_min_similarity <= 1, "(0, 1]"),
-                  ("min_iou", 0 < self.min_iou <= 1, "(0, 1]"),
-                  ("limit", self.limit is None or self.limit >= 1, ">= 1"),
-                  ("max_new_tokens", self.max_new_tokens >= 1, ">= 1"),
-                  ("max_context", self.max_context >= 64, ">= 64")]
-        for name, ok, legal in ranges:
-            if not ok:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is out of range; legal: {legal}")
+        from ..api import LIMITS
+        from ..ranges import Range, check_ranges
+
+        check_ranges(self, {
+            "judge_threshold": Range(0.0, 1.0, lo_open=True, optional=True),
+            "ocr_min_similarity": Range(0.0, 1.0, lo_open=True), "min_iou": Range(0.0, 1.0, lo_open=True),
+            "limit": Range(1, 10**9, integer=True, optional=True),
+            "max_new_tokens": Range(*LIMITS["max_new_tokens"], integer=True),
+            "max_context": Range(*LIMITS["max_context"], integer=True)})
         if not Path(self.data).exists():
             raise DataError(f"{self.data}: no such data file or folder")
+        from .badsamples import check_policy
+        from .loaders import check_image_roots
+
+        check_policy(self.on_bad_sample)
+        check_image_roots(self.image_roots)
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise ConfigError(f"{self.out}: exists and is not a folder")
         return self
@@ -148,9 +156,10 @@ class Curator:
             t1 = time.perf_counter()
             nat = self.session.run(image, sample.question, crops="none", view="native",
                                    max_new_tokens=self.max_new_tokens)
-        except (ImageError, PromptError) as e:
-            # One unreadable page or one over-long prompt must not stop a long run; resume retries errors.
-            rec.update(status="error", error=f"{type(e).__name__}: {e}")
+        except (ImageError, DataError, PromptError) as e:
+            # One unreadable page or one over-long prompt must not stop a long run; resume retries errors. Typed
+            # errors only: anything else is a bug and surfaces.
+            rec.update(status="error", error=f"{type(e).__name__}: {e}", where=sample.where)
             return rec, None
         t2 = time.perf_counter()
         ms["low_res"], ms["native"] = (t1 - t0) * 1e3, (t2 - t1) * 1e3
@@ -199,20 +208,23 @@ class Curator:
 
 
 # ----------------------------------------------------------------------------------------------- the run
-def load_dataset(cfg: CurateConfig, out: Path) -> list[Sample]:
-    """The samples to curate (first `limit`), ids checked unique. Raises DataError for an empty dataset."""
+def load_dataset(cfg: CurateConfig, out: Path, bad=None) -> list[Sample]:
+    """The samples to curate (first `limit`), ids checked unique; bad rows go to `bad` (data.badsamples.BadSamples)
+    if given, else raise. Raises DataError for an empty dataset."""
     from .loaders import iter_benchmark
 
     # Images stored as bytes (parquet, datasets) land in OUT/images, so trajectories can point at them.
     made = [p for p in (out, out / "images") if not p.exists()]
     try:
         samples = list(iter_benchmark(cfg.benchmark, cfg.data, split=cfg.split, limit=cfg.limit,
-                                      image_cache=out / "images"))
+                                      image_cache=out / "images", image_roots=cfg.image_roots, bad=bad))
     finally:
         for p in reversed(made):  # the loader creates the cache folder up front; keep it only if used
             if p.is_dir() and not any(p.iterdir()):
                 p.rmdir()
     if not samples:
+        if bad:
+            raise DataError(f"{cfg.data}: no usable samples; all {len(bad)} rows were bad (first: {bad.items[0]})")
         raise DataError(f"{cfg.data}: the dataset holds no samples")
     seen: set[str] = set()
     for s in samples:
@@ -251,13 +263,20 @@ def curate(cfg: CurateConfig, *, session=None, judge: Judge | None = None, oracl
 
     `session`, `judge`, `oracle` replace the ones the config would build (tests, custom judges). Samples whose
     id OUT/curation.jsonl already holds as done are skipped when `cfg.resume` (errors are retried); without it
-    OUT's previous curation is discarded. Raises ConfigError (bad value, resume over a different config),
-    DataError (missing or empty data), ModelLoadError (model folder invalid), JudgeError (endpoint down).
+    OUT's previous curation is discarded. Bad samples (malformed rows, refused or unreadable images, prompts that do
+    not fit) are skipped and listed in the report's "bad_samples"; with cfg.on_bad_sample "stop" the first raises
+    BadSamplesError (an unusable image's record is appended first, so a resume retries it). Raises ConfigError
+    (bad value, resume over a different config), DataError (missing or empty data), ModelLoadError (model folder
+    invalid), JudgeError (endpoint down).
     """
     cfg.validate()
     out = Path(cfg.out)
     settings = _settings(cfg)
     # Everything that can fail on a bad setting fails here, before OUT is touched.
+    from ..outputs import ensure_marker, prepare_dir
+
+    # OUT may be new, empty, or a curation of ours (resumed, or restarted with --no-resume); never the data.
+    prepare_dir(out, "dataset", force=True, inputs=(cfg.data, cfg.model, cfg.oracle_model, cfg.judge_checkpoint))
     if session is None:
         from ..models import read_checkpoint
 
@@ -273,9 +292,13 @@ def curate(cfg: CurateConfig, *, session=None, judge: Judge | None = None, oracl
         oracle = make_oracle(cfg.oracle, None, cfg.oracle_coords, cfg.ocr_min_similarity)
     if cfg.resume:
         _check_resume(cfg, out, settings)
-    samples = load_dataset(cfg, out)
+    from .badsamples import BadSamples
+
+    bad = BadSamples(cfg.on_bad_sample, cfg.allow_bad_samples)
+    samples = load_dataset(cfg, out, bad)
 
     out.mkdir(parents=True, exist_ok=True)
+    ensure_marker(out, "dataset")
     rec_path, traj_path = out / CURATION, out / TRAJECTORIES
     if cfg.resume:
         for p in (rec_path, traj_path):
@@ -312,11 +335,14 @@ def curate(cfg: CurateConfig, *, session=None, judge: Judge | None = None, oracl
                 counts[rec.get("label") if rec["status"] == "ok" else rec["status"]] += 1
                 if on_record is not None:
                     on_record(rec)
+                if rec["status"] == "error":
+                    bad.add(sample.where, rec["error"], sample.id)  # with --on-bad-sample stop: raises here
                 bar(f"LR {counts['LR']} HR {counts['HR']}" + (f" err {counts['error']}" if counts["error"] else ""))
     wall = time.perf_counter() - t_start
     _rewrite_trajectories(traj_path, records, samples, new_trajs, out)
     report = build_report(records, settings, n_data=len(samples), n_run=len(todo), wall_s=wall,
                           judge_name=judge.name, threshold=rule.threshold)
+    report["bad_samples"] = bad.to_dict()
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "report.md").write_text(render_markdown(report))
     return report
@@ -491,6 +517,11 @@ def render_markdown(r: dict) -> str:
         f"| errors | {c['errors']} | |",
         f"| skipped (no answers) | {c['skipped']} | |", "",
     ]
+    bad = r.get("bad_samples") or {}
+    if bad.get("count"):
+        lines += [f"## Bad samples ({bad['count']}, skipped; the run exits 3 unless --allow-bad-samples)", ""]
+        lines += [f"- `{b['where']}`: {b['reason']}" for b in bad["samples"][:200]]
+        lines += ([f"- ... {bad['count'] - 200} more in report.json"] if bad["count"] > 200 else []) + [""]
     a = r["accuracy"]
     lines += [f"Judged correct: low-res {_pct(a['low_res'])}, native {_pct(a['native'])} "
               f"({c['curated']} samples); mean {a['rule_metric']} low-res {a['low_res_score_mean']}, "

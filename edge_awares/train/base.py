@@ -33,6 +33,8 @@ from ..chat import IM_END, conversation_pieces, encode
 from ..crops import AWARES_CROPS
 from ..data.cards import COLOUR_NAMES, LETTERS, READ_QUESTION, CardsConfig, make_card_sample
 from ..errors import ConfigError
+from ..models import load_pretrained
+from ..ranges import BATCH, COUNT, FRACTION, LEARNING_RATE, SEED, STEPS, THREADS, Range, check_ranges
 from ..protocols import get_protocol
 from ..views import crop_views, native_view
 
@@ -65,18 +67,19 @@ class BaseRunConfig:
     eval_n: int = 96
     threads: int | None = None
     cards: dict = field(default_factory=dict)  # CardsConfig overrides
+    overwrite: bool = False  # replace an existing checkpoint of ours at `output` (never any other folder)
+
+    RANGES = {"steps": STEPS, "batch_size": BATCH, "lr": LEARNING_RATE, "min_lr_ratio": FRACTION,
+              "warmup": COUNT, "weight_decay": Range(0.0, 10.0), "native_share": FRACTION, "read_share": FRACTION,
+              "card_share": FRACTION, "aux_weight": Range(0.0, 100.0), "card_steps": COUNT, "seed": SEED,
+              "data_seed": SEED, "eval_every": STEPS, "eval_n": Range(1, 10**6, integer=True), "threads": THREADS}
 
     def validate(self) -> "BaseRunConfig":
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError("steps and batch_size must be at least 1")
+        check_ranges(self, self.RANGES)
         if not (0.0 <= self.read_share and 0.0 <= self.card_share and self.read_share + self.card_share <= 1.0):
             raise ConfigError("read_share and card_share must be >= 0 and sum to at most 1")
         if self.card_steps > 0 and self.card_share <= 0:
             raise ConfigError("card_steps needs card_share > 0")
-        if not 0.0 <= self.native_share <= 1.0:
-            raise ConfigError(f"native_share={self.native_share} must be in 0..1")
-        if not self.lr > 0:
-            raise ConfigError(f"lr={self.lr} must be > 0")
         CardsConfig(**self.cards).validate()
         return self
 
@@ -251,11 +254,14 @@ def train_base(cfg: BaseRunConfig, log=print) -> Path:
         torch.set_num_threads(cfg.threads)
     cards = CardsConfig(**cfg.cards).validate()
     out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
+    from ..outputs import prepare_dir
+
+    prepare_dir(out, "checkpoint", force=cfg.overwrite, flag="--overwrite")  # before the cards and the model
     make_tiny_checkpoint(out, preset=cfg.preset, seed=cfg.seed, initializer_range=0.02, perturb=0.0,
-                         extra_corpus=tokenizer_corpus(cards), note="pretrained on cards (edge_awares.train.base)")
+                         extra_corpus=tokenizer_corpus(cards), note="pretrained on cards (edge_awares.train.base)",
+                         force=cfg.overwrite)
     torch.manual_seed(cfg.seed)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(out), dtype=torch.float32).train()
+    model = load_pretrained(Qwen2_5_VLForConditionalGeneration, out, dtype=torch.float32).train()
     enc = Encoder(out)
     n_params = sum(p.numel() for p in model.parameters())
     heads = AuxHeads(model.config.get_text_config().hidden_size)

@@ -23,6 +23,10 @@ def _common(f):
         click.option("--protocol", help="Conversation protocol (default tool_call)."),
         click.option("--crop-set", help="Crop set name (default awares10)."),
         click.option("--val-data", help="Held-out data; else --val-fraction of --data is held out."),
+        click.option("--image-root", "image_roots", multiple=True,
+                     help="A folder the data's images may also lie in (repeatable), e.g. the curated data folder "
+                          "for curate's trajectories. By default every image path must resolve inside the data "
+                          "file's folder."),
         click.option("--val-fraction", type=float),
         click.option("--val-samples", type=int, help="Validation questions per evaluation (through Session)."),
         click.option("--eval-metric", help="Validation accuracy metric: anls, exact, relaxed, embedding."),
@@ -44,7 +48,8 @@ def _common(f):
         click.option("--save-strategy", help="Resumable checkpoints: epoch, steps or no."),
         click.option("--save-steps", type=int),
         click.option("--resume", is_flag=True, default=None, help="Continue from the newest checkpoint."),
-        click.option("--overwrite", is_flag=True, default=None, help="Replace an existing output."),
+        click.option("--overwrite", is_flag=True, default=None,
+                     help="Replace an existing output of ours (never another folder, never --model)."),
         click.option("--threads", type=int, help="CPU threads for torch (not saved: it changes speed only)."),
     ]
     for opt in reversed(opts):
@@ -57,15 +62,18 @@ def _build(cls, recipe: str | None, flags: dict):
     from .config import load_recipe
 
     values = load_recipe(recipe) if recipe else {}
-    values.update({k: v for k, v in flags.items() if v is not None})
+    values.update({k: v for k, v in flags.items() if v is not None and v != ()})  # (): a repeatable flag unset
     missing = [k for k in ("model", "data", "output") if not values.get(k)]
     if missing:
         raise ConfigError("missing " + ", ".join("--" + m for m in missing))
     return cls.from_dict(values).validate()
 
 
-def _threads(n: int | None) -> None:
-    if n:
+def _threads(n: int | None, check_only: bool = False) -> None:
+    from ..ranges import check_threads
+
+    check_threads(n)
+    if n is not None and not check_only:
         import torch
 
         torch.set_num_threads(n)
@@ -84,6 +92,7 @@ def sft(recipe, threads, **flags):
     """Cold-start SFT on whole trajectories; writes a merged Hugging Face checkpoint to -o."""
     from .config import SFTRunConfig
 
+    _threads(threads, check_only=True)
     cfg = _build(SFTRunConfig, recipe, flags)
     _threads(threads)
     from .sft import train_sft
@@ -113,6 +122,7 @@ def grpo(recipe, threads, **flags):
     """Multi-turn GRPO with crop rollouts; writes a merged Hugging Face checkpoint to -o."""
     from .config import GRPORunConfig
 
+    _threads(threads, check_only=True)
     cfg = _build(GRPORunConfig, recipe, flags)
     _threads(threads)
     from .grpo import train_grpo
@@ -123,12 +133,15 @@ def grpo(recipe, threads, **flags):
 @train.command("oracle")
 @click.argument("samples", type=click.Path())
 @click.option("-o", "--output", required=True, help="Trajectories JSONL to write.")
-def oracle(samples, output):
+@click.option("--image-root", "image_roots", multiple=True,
+              help="A folder the samples' images may also lie in (repeatable); by default they must resolve inside "
+                   "the SAMPLES file's folder.")
+def oracle(samples, output, image_roots):
     """Ground-truth trajectories from annotated SAMPLES (demos, tests): LR if no detail is needed, else HR with the
     annotated crop ids."""
     from .oracle import oracle_trajectories
 
-    click.echo(str(oracle_trajectories(samples, output)))
+    click.echo(str(oracle_trajectories(samples, output, image_roots=image_roots)))
 
 
 @train.command("base")
@@ -141,12 +154,13 @@ def oracle(samples, output):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--eval-every", type=int, default=500, show_default=True)
 @click.option("--threads", type=int, default=None)
-def base(output, steps, batch_size, lr, native_share, seed, eval_every, threads):
+@click.option("--overwrite", is_flag=True, help="Replace a checkpoint of ours at OUTPUT (never any other folder).")
+def base(output, steps, batch_size, lr, native_share, seed, eval_every, threads, overwrite):
     """Pretrain a ~3M-parameter Qwen2.5-VL from scratch on card questions (one view, native or low-res)."""
     from .base import BaseRunConfig, train_base
 
     cfg = BaseRunConfig(output=output, steps=steps, batch_size=batch_size, lr=lr, native_share=native_share,
-                        seed=seed, eval_every=eval_every, threads=threads).validate()
+                        seed=seed, eval_every=eval_every, threads=threads, overwrite=overwrite).validate()
     click.echo(str(train_base(cfg, log=click.echo)))
 
 
@@ -158,7 +172,8 @@ def base(output, steps, batch_size, lr, native_share, seed, eval_every, threads)
 @click.option("--grpo-steps", type=int, default=120, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None)
-@click.option("--fresh", is_flag=True, help="Delete OUTPUT first instead of resuming its finished stages.")
+@click.option("--fresh", is_flag=True, help="Delete OUTPUT first (only a demo run folder of ours) instead of resuming "
+              "its finished stages.")
 @click.option("--ship", is_flag=True, help="Copy the int8 engine into the package (edge_awares/assets/demo-engine).")
 def demo(output, base_steps, n_train, n_test, grpo_steps, seed, threads, fresh, ship):
     """The whole demo: base model, data, curation, SFT, GRPO, export, evaluation (and --ship)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..crops import AWARES_CROPS, get_crop_set
 from ..errors import ConfigError, CropError
 from ..protocols import DEFAULT_PROTOCOL, PROTOCOLS
+from ..ranges import BATCH, BELOW_ONE, COUNT, LEARNING_RATE, SEED, STEPS, Range, check_ranges
 
 # The language model's attention and MLP projections only. peft has no Qwen2.5-VL defaults, and a bare name such
 # as `gate_proj` also matches the vision tower's MLP (model.visual.blocks.N.mlp.gate_proj): a regex, which peft
@@ -36,6 +37,9 @@ class RunConfig:
     protocol: str = DEFAULT_PROTOCOL
     crop_set: str = AWARES_CROPS.name
     val_data: str | None = None  # held-out JSONL; else `val_fraction` of `data` is held out
+    # Folders the data's images may lie in besides the data file's own (curation output points at the curated
+    # data's images): every image path must resolve inside one of them (edge_awares.data.loaders.confine_image).
+    image_roots: tuple[str, ...] = ()
     val_fraction: float = 0.1
     val_samples: int = 32  # at most this many validation samples per evaluation (through Session, greedy)
     eval_metric: str = "anls"
@@ -64,8 +68,19 @@ class RunConfig:
     overwrite: bool = False  # replace an existing OUTPUT (without --resume)
     max_context: int = 8192  # KV capacity of validation sessions
 
+    RANGES = {
+        "val_fraction": BELOW_ONE, "val_samples": COUNT, "eval_steps": COUNT,
+        "eval_max_new_tokens": Range(1, 1 << 16, integer=True), "lora_rank": Range(1, 4096, integer=True),
+        "lora_alpha": Range(1, 1 << 16, integer=True), "lora_dropout": BELOW_ONE,
+        "epochs": Range(0.0, 1e4, lo_open=True), "max_steps": Range(1, 10**9, integer=True, also=(-1,)),
+        "lr": LEARNING_RATE, "batch_size": BATCH, "grad_accum": BATCH, "warmup_ratio": BELOW_ONE,
+        "weight_decay": Range(0.0, 10.0), "seed": SEED, "logging_steps": STEPS, "save_steps": STEPS,
+        "save_total_limit": Range(1, 10**4, integer=True), "max_context": Range(256, 1 << 20, integer=True),
+    }
+
     def validate(self):
-        """Return self, or raise ConfigError naming the bad value and the legal ones."""
+        """Return self, or raise ConfigError naming the bad value and the legal ones (numbers first, then paths)."""
+        check_ranges(self, self.RANGES)
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"unknown protocol {self.protocol!r}; legal: {', '.join(PROTOCOLS)}")
         try:
@@ -77,29 +92,11 @@ class RunConfig:
                 raise ConfigError(f"--{name} {getattr(self, name)} does not exist")
         if self.val_data is not None and not Path(self.val_data).exists():
             raise ConfigError(f"--val-data {self.val_data} does not exist")
-        checks = [
-            ("val_fraction", 0.0 <= self.val_fraction < 1.0, "0 <= x < 1"),
-            ("val_samples", self.val_samples >= 0, ">= 0"),
-            ("eval_steps", self.eval_steps >= 0, ">= 0"),
-            ("eval_max_new_tokens", self.eval_max_new_tokens >= 1, ">= 1"),
-            ("lora_rank", self.lora_rank >= 1, ">= 1"),
-            ("lora_alpha", self.lora_alpha >= 1, ">= 1"),
-            ("lora_dropout", 0.0 <= self.lora_dropout < 1.0, "0 <= x < 1"),
-            ("epochs", self.epochs > 0, "> 0"),
-            ("max_steps", self.max_steps == -1 or self.max_steps > 0, "-1 or > 0"),
-            ("lr", self.lr > 0, "> 0"),
-            ("batch_size", self.batch_size >= 1, ">= 1"),
-            ("grad_accum", self.grad_accum >= 1, ">= 1"),
-            ("warmup_ratio", 0.0 <= self.warmup_ratio < 1.0, "0 <= x < 1"),
-            ("weight_decay", self.weight_decay >= 0, ">= 0"),
-            ("logging_steps", self.logging_steps >= 1, ">= 1"),
-            ("save_steps", self.save_steps >= 1, ">= 1"),
-            ("save_total_limit", self.save_total_limit >= 1, ">= 1"),
-            ("max_context", self.max_context >= 256, ">= 256"),
-        ]
-        for name, ok, legal in checks:
-            if not ok:
-                raise ConfigError(f"{name}={getattr(self, name)!r} is out of range; legal: {legal}")
+        if isinstance(self.image_roots, (str, Path)):
+            raise ConfigError(f"image_roots must be a list of folders, got the single value {self.image_roots!r}")
+        from ..data.loaders import check_image_roots
+
+        check_image_roots(self.image_roots)
         if self.save_strategy not in ("epoch", "steps", "no"):
             raise ConfigError(f"unknown save_strategy {self.save_strategy!r}; legal: epoch, steps, no")
         if self.precision not in PRECISIONS:
@@ -147,13 +144,8 @@ class SFTRunConfig(RunConfig):
     request_weight: float = 5.0  # loss weight of the crop-request turn's tokens (answers: 1)
     max_length: int | None = None  # tokens per conversation; longer ones raise (None: no limit)
 
-    def validate(self):
-        super().validate()
-        if self.request_weight <= 0:
-            raise ConfigError(f"request_weight={self.request_weight} must be > 0")
-        if self.max_length is not None and self.max_length < 64:
-            raise ConfigError(f"max_length={self.max_length} must be >= 64 or unset")
-        return self
+    RANGES = {**RunConfig.RANGES, "request_weight": Range(0.0, 1000.0, lo_open=True),
+              "max_length": Range(64, 1 << 20, integer=True, optional=True)}
 
 
 @dataclass(frozen=True)
@@ -182,29 +174,20 @@ class GRPORunConfig(RunConfig):
     area_lambda: float = 0.01  # ... plus lambda * requested area
     area_unit: str = "percent"  # requested area: percent (0-100) or fraction (0-1) of the image, summed over crops
 
+    RANGES = {
+        **RunConfig.RANGES, "num_generations": Range(2, 1024, integer=True), "prompts_per_step": BATCH,
+        "beta": Range(0.0, 100.0), "temperature": Range(0.0, 100.0, lo_open=True), "top_p": Range(0.0, 1.0, lo_open=True),
+        "epsilon": Range(0.0, 10.0, lo_open=True), "max_answer_tokens": Range(1, 1 << 16, integer=True),
+        "max_crop_turns": Range(1, 16, integer=True), "alpha_miss": Range(0.0, 1000.0),
+        "alpha_use": Range(0.0, 1000.0), "area_lambda": Range(0.0, 1000.0),
+        "max_completion_length": Range(16, 1 << 20, integer=True, optional=True),
+    }
+
     def validate(self):
         super().validate()
         if self.protocol != "tool_call":
             raise ConfigError(f"GRPO runs through TRL's tool-calling loop, which parses only the tool_call protocol "
                               f"(<tool_call>{{json}}</tool_call>); got --protocol {self.protocol}")
-        checks = [
-            ("num_generations", self.num_generations >= 2, ">= 2 (advantages are relative within a group)"),
-            ("prompts_per_step", self.prompts_per_step >= 1, ">= 1"),
-            ("beta", self.beta >= 0, ">= 0"),
-            ("temperature", self.temperature > 0, "> 0"),
-            ("top_p", 0 < self.top_p <= 1, "0 < x <= 1"),
-            ("epsilon", self.epsilon > 0, "> 0"),
-            ("max_answer_tokens", self.max_answer_tokens >= 1, ">= 1"),
-            ("max_crop_turns", self.max_crop_turns >= 1, ">= 1"),
-            ("alpha_miss", self.alpha_miss >= 0, ">= 0"),
-            ("alpha_use", self.alpha_use >= 0, ">= 0"),
-            ("area_lambda", self.area_lambda >= 0, ">= 0"),
-        ]
-        for name, ok, legal in checks:
-            if not ok:
-                raise ConfigError(f"{name}={getattr(self, name)!r} is out of range; legal: {legal}")
-        if self.max_completion_length is not None and self.max_completion_length < 16:
-            raise ConfigError(f"max_completion_length={self.max_completion_length} must be >= 16 or unset")
         if self.loss_type not in GRPO_LOSSES:
             raise ConfigError(f"unknown loss_type {self.loss_type!r}; legal: {', '.join(GRPO_LOSSES)}")
         if self.scale_rewards not in ("group", "batch", "none"):

@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..ranges import BATCH, LEARNING_RATE, SEED, STEPS, THREADS, Range, check_ranges
 from ..api import DEMO_ENGINE as ASSET_ENGINE
 
 
@@ -55,10 +55,15 @@ class DemoConfig:
     fresh: bool = False
     ship: bool = False
 
+    RANGES = {"base_steps": STEPS, "base_batch": BATCH, "base_lr": LEARNING_RATE, "n_train": Range(1, 10**7, integer=True),
+              "n_test": Range(1, 10**7, integer=True), "seed": SEED, "train_seed": SEED, "test_seed": SEED,
+              "sft_epochs": Range(0.0, 1e4, lo_open=True), "sft_lr": LEARNING_RATE, "sft_batch": BATCH,
+              "grpo_steps": STEPS, "grpo_lr": LEARNING_RATE, "grpo_generations": Range(2, 1024, integer=True),
+              "grpo_prompts_per_step": BATCH, "eval_limit": Range(1, 10**7, integer=True, optional=True),
+              "threads": THREADS}
+
     def validate(self) -> "DemoConfig":
-        for name in ("base_steps", "n_train", "n_test", "grpo_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+        check_ranges(self, self.RANGES)
         return self
 
 
@@ -83,11 +88,15 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     """Run (or resume) every stage; returns the run record."""
     import torch
 
+    from ..outputs import ensure_marker, prepare_dir, remove_ours
+
     cfg.validate()
     out = Path(cfg.output)
-    if cfg.fresh and out.exists():
-        shutil.rmtree(out)
+    prepare_dir(out, "demo", force=True)  # a demo run of ours resumes (or goes, --fresh); other folders are refused
+    if cfg.fresh:
+        remove_ours(out, "demo")
     out.mkdir(parents=True, exist_ok=True)
+    ensure_marker(out, "demo")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rec = _Record(cfg)
@@ -104,8 +113,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     if not (base / "base_run.json").is_file():
         from .base import BaseRunConfig, train_base
 
-        if base.exists():
-            shutil.rmtree(base)
+        remove_ours(base, "checkpoint")  # a stopped base run
         timed("base", lambda: train_base(BaseRunConfig(
             output=str(base), steps=cfg.base_steps, batch_size=cfg.base_batch, lr=cfg.base_lr, seed=cfg.seed,
             threads=cfg.threads), log=log))
@@ -137,10 +145,10 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         from .config import SFTRunConfig
         from .sft import train_sft
 
-        if sft.exists():
-            shutil.rmtree(sft)
+        remove_ours(sft, "checkpoint")
         timed("sft", lambda: train_sft(SFTRunConfig(
             model=str(base), data=str(cur / "trajectories.jsonl"), output=str(sft), lora=False, lr=cfg.sft_lr,
+            image_roots=(str(out / "data" / "train"),),  # the trajectories point at the curated data's images
             epochs=cfg.sft_epochs, batch_size=cfg.sft_batch, warmup_ratio=0.05, seed=cfg.seed, save_strategy="no",
             logging_steps=20, val_fraction=0.05, val_samples=64, eval_metric="exact"), log=log))
 
@@ -150,8 +158,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         from .config import GRPORunConfig
         from .grpo import train_grpo
 
-        if grpo.exists():
-            shutil.rmtree(grpo)
+        remove_ours(grpo, "checkpoint")
         timed("grpo", lambda: train_grpo(GRPORunConfig(
             model=str(sft), data=str(out / "data" / "train"), output=str(grpo), lora=False, lr=cfg.grpo_lr,
             max_steps=cfg.grpo_steps, num_generations=cfg.grpo_generations,
@@ -188,14 +195,12 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
 
 
 def ship_engine(src: Path, dst: Path) -> None:
-    """Copy an engine directory into place whole (built aside, then renamed)."""
-    tmp = dst.parent / f".{dst.name}.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(src, tmp)
-    if dst.exists():
-        shutil.rmtree(dst)
-    tmp.replace(dst)
+    """Copy an engine directory into place whole (built aside, then renamed). `dst` must be new, empty or an
+    engine of ours, and not `src` (OutputError); a partial left by a killed copy is removed by the next one."""
+    from ..outputs import MARKER, building
+
+    with building(dst, "engine", force=True, inputs=(src,)) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER))
 
 
 def _record_base(rec: "_Record", base: Path) -> None:

@@ -22,7 +22,7 @@ from ..chat import check_content, encode, generation_prompt, message_pieces
 from ..crops import ALL, CropSet
 from ..data.format import iter_jsonl, read_samples, read_trajectories
 from ..errors import BackendUnavailableError, DataError, TrainError
-from ..images import load_image
+from ..images import load_image, read_image_file
 from ..protocols import Parsed, Protocol
 from ..protocols.tool_call import TOOL_NAME
 from ..views import Geometry, View, crop_views, native_view
@@ -180,9 +180,9 @@ def make_reward_funcs(cfg: RewardConfig, protocol: Protocol):
 
 
 # ----------------------------------------------------------------------------------------------- data
-def load_items(path: str | Path) -> list[EvalItem]:
+def load_items(path: str | Path, image_roots=()) -> list[EvalItem]:
     """GRPO prompts from samples (HR = needs_detail) or trajectories (HR = label), a JSONL file or a folder
-    holding samples.jsonl or trajectories.jsonl. Raises DataError."""
+    holding samples.jsonl or trajectories.jsonl; images must lie in its folder or `image_roots`. Raises DataError."""
     p = Path(path)
     if p.is_dir():
         for name in ("samples.jsonl", "trajectories.jsonl"):
@@ -196,8 +196,9 @@ def load_items(path: str | Path) -> list[EvalItem]:
         raise DataError(f"{p}: empty")
     if isinstance(first, dict) and "label" in first and "messages" in first:
         return [EvalItem(t.id, str(t.image), t.question, tuple(t.answers), t.label == "HR")
-                for t in read_trajectories(p)]
-    return [EvalItem(s.id, str(s.image), s.question, tuple(s.answers), s.needs_detail) for s in read_samples(p)]
+                for t in read_trajectories(p, image_roots)]
+    return [EvalItem(s.id, str(s.image), s.question, tuple(s.answers), s.needs_detail)
+            for s in read_samples(p, image_roots)]
 
 
 def completion_budget(item: EvalItem, protocol: Protocol, crop_set: CropSet, geometry: Geometry, tok,
@@ -210,14 +211,17 @@ def completion_budget(item: EvalItem, protocol: Protocol, crop_set: CropSet, geo
 
 def _image_size(path) -> tuple[int, int]:
     """(width, height) as load_image would return them (EXIF rotation applied), without decoding the pixels."""
+    import io
+
     from PIL import Image
 
+    data = read_image_file(path)  # regular files only, byte cap: the same gate as load_image
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
             rotated = im.getexif().get(0x0112) in (5, 6, 7, 8)  # orientations that swap the sides
-    except OSError:
-        return load_image(path).size  # raises the usual one-line ImageError
+    except Exception:  # noqa: BLE001 (Pillow raises many kinds on a corrupt header)
+        return load_image(path).size  # raises the usual one-line ImageError (naming the file)
     return (h, w) if rotated else (w, h)
 
 
@@ -294,9 +298,9 @@ def train_grpo(cfg: GRPORunConfig, log=print, callbacks: list | None = None) -> 
         run.resume_from
     geometry = protocol.geometry(info.geometry)
     tok = TextTokenizer.from_file(info.path)
-    items = load_items(cfg.data)
+    items = load_items(cfg.data, cfg.image_roots)
     if cfg.val_data:
-        train, val = items, load_items(cfg.val_data)
+        train, val = items, load_items(cfg.val_data, cfg.image_roots)
     else:
         train, val = split_items(items, cfg.val_fraction, cfg.seed)
     need = max(completion_budget(it, protocol, crop_set, geometry, tok, cfg.max_answer_tokens) for it in train)

@@ -138,10 +138,11 @@ def train_sft(cfg: SFTRunConfig, log=print, callbacks: list | None = None) -> Pa
     run = start_run(cfg)
     placement, info, protocol, crop_set, resume_from = run.placement, run.info, run.protocol, run.crop_set, \
         run.resume_from
-    trajs = read_trajectories(data_file(cfg.data, "trajectories.jsonl"))
+    trajs = read_trajectories(data_file(cfg.data, "trajectories.jsonl"), image_roots=cfg.image_roots)
     check_trajectories(trajs, protocol, crop_set)
     if cfg.val_data:
-        train, val = trajs, read_trajectories(data_file(cfg.val_data, "trajectories.jsonl"))
+        train, val = trajs, read_trajectories(data_file(cfg.val_data, "trajectories.jsonl"),
+                                              image_roots=cfg.image_roots)
     else:
         train, val = split_items(trajs, cfg.val_fraction, cfg.seed)
     renderer = TrajectoryRenderer(protocol, crop_set, info.geometry, cfg.request_weight,
