@@ -131,11 +131,12 @@ class Session:
     """Runs the loop on one backend. Stateless between calls: each `run` allocates its own cache."""
 
     def __init__(self, backend: Backend, tokenizer: TextTokenizer, protocol: Protocol, crop_set: CropSet,
-                 geometry: Geometry, config: SessionConfig | None = None):
+                 geometry: Geometry, config: SessionConfig | None = None, stop_tokens=STOP_TOKENS):
+        """`stop_tokens`: the tokens that end a turn (an engine's manifest records its own)."""
         self.backend, self.tok, self.protocol, self.crop_set = backend, tokenizer, protocol, crop_set
         self.geometry = protocol.geometry(geometry)
         self.config = config or SessionConfig()
-        self._stop_ids = {tokenizer.token_id(t) for t in STOP_TOKENS if _has(tokenizer, t)}
+        self._stop_ids = {tokenizer.token_id(t) for t in stop_tokens if _has(tokenizer, t)}
         self._im_end = tokenizer.token_id(IM_END)
 
     def run(self, image: Image.Image, question: str, crops: str | list[str] = "model",

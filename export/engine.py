@@ -28,6 +28,7 @@ from edge_awares.crops import AWARES_CROPS, get_crop_set
 from edge_awares.errors import ConfigError, EdgeAwaresError, ExportError, ExportGateError
 from edge_awares.manifest import FORMAT, PRECISIONS, SCHEMA_VERSION, file_entry, load_manifest, write_manifest
 from edge_awares.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
+from edge_awares.runtimes.onnx import DECODER_INPUTS, DECODER_OUTPUTS
 from edge_awares.runtimes.vision_layout import VISION_INPUTS, VISION_OUTPUT
 
 from . import verify
@@ -276,8 +277,8 @@ def _build(cfg: ExportConfig, info, tmp: Path, log) -> None:
                                "past": past, "present": present, "shared_buffer": True, "dtype": kv_dtype,
                                "attention": "com.microsoft.GroupQueryAttention",
                                "length_inputs": ["seqlens_k", "total_sequence_length"]},
-                        "inputs": ["inputs_embeds", "position_ids", "seqlens_k", "total_sequence_length"],
-                        "outputs": ["logits"], "logits": "last_position", "embeds_dtype": "float32"},
+                        "inputs": list(DECODER_INPUTS), "outputs": list(DECODER_OUTPUTS), "logits": "last_position",
+                        "embeds_dtype": "float32"},
             "embeddings": embeddings,
         },
         "files": {},

@@ -18,7 +18,7 @@ from edge_awares.errors import EngineError, MemoryBudgetError, ProviderUnavailab
 from edge_awares.manifest import Manifest, load_manifest
 from edge_awares.views import View
 
-from .vision_layout import vision_layout
+from .vision_layout import VISION_INPUTS, vision_layout
 
 PROVIDERS = ("cpu", "cuda", "tensorrt")
 _ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -175,6 +175,10 @@ class OnnxBackend:
         self.hidden_size, self.vocab_size = m["hidden_size"], m["vocab_size"]
         dec = self.manifest.graph("decoder")
         self.past_names, self.present_names = dec["kv"]["past"], dec["kv"]["present"]
+        # The graphs' tensor names come from the manifest, bound to fixed roles by position.
+        self._dec_in = _bind(self.manifest, "decoder", "inputs", DECODER_INPUTS)
+        self._dec_out = _bind(self.manifest, "decoder", "outputs", DECODER_OUTPUTS)
+        self._vis_in = _bind(self.manifest, "vision", "inputs", VISION_INPUTS)
         self.kv_dtype = dec["kv"]["dtype"]
         vis = self.manifest.model["vision"]
         self._merge, self._window, self._patch = vis["merge_size"], vis["window_size"], vis["patch_size"]
@@ -279,7 +283,8 @@ class OnnxBackend:
         features = []
         for chunk, layout in chunks:
             pixels = np.concatenate([v.pixel_values() for v in chunk], axis=0).astype(self._vision_dtype, copy=False)
-            out = self.vision.run(None, layout.inputs(pixels))[0].astype(np.float32, copy=False)
+            feeds = {self._vis_in[role]: value for role, value in layout.inputs(pixels).items()}
+            out = self.vision.run(None, feeds)[0].astype(np.float32, copy=False)
             features += np.split(out, np.cumsum(layout.tokens)[:-1])
         return features
 
@@ -320,17 +325,33 @@ class OnnxBackend:
         n = embeds.shape[0]
         total = cache.length + n
         io = self.decoder.io_binding()
-        io.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds[None], dtype=self._embeds_dtype))
-        io.bind_cpu_input("position_ids", np.ascontiguousarray(positions, dtype=np.int64).reshape(3, 1, n))
-        io.bind_cpu_input("seqlens_k", np.array([total - 1], dtype=np.int32))
-        io.bind_cpu_input("total_sequence_length", np.array(total, dtype=np.int32))
-        io.bind_output("logits", "cpu")
+        names = self._dec_in
+        io.bind_cpu_input(names["inputs_embeds"], np.ascontiguousarray(embeds[None], dtype=self._embeds_dtype))
+        io.bind_cpu_input(names["position_ids"], np.ascontiguousarray(positions, dtype=np.int64).reshape(3, 1, n))
+        io.bind_cpu_input(names["seqlens_k"], np.array([total - 1], dtype=np.int32))
+        io.bind_cpu_input(names["total_sequence_length"], np.array(total, dtype=np.int32))
+        io.bind_output(self._dec_out["logits"], "cpu")
         for past, present, buf in zip(self.past_names, self.present_names, cache.buffers):
             io.bind_ortvalue_input(past, buf)
             io.bind_ortvalue_output(present, buf)  # the same memory: written in place
         self.decoder.run_with_iobinding(io)
         cache.advance(n)
         return io.get_outputs()[0].numpy()[0].astype(np.float32, copy=False)
+
+
+# The roles of the decoder's inputs and outputs, in the order the manifest lists their names (the exporter writes
+# these names; another exporter may name them otherwise). The vision graph's are vision_layout.VISION_INPUTS.
+DECODER_INPUTS = ("inputs_embeds", "position_ids", "seqlens_k", "total_sequence_length")
+DECODER_OUTPUTS = ("logits",)
+
+
+def _bind(manifest: Manifest, graph: str, key: str, roles: tuple[str, ...]) -> dict[str, str]:
+    """Role -> the tensor name graphs.GRAPH.KEY lists at that position; EngineError if the counts differ."""
+    names = manifest.graph(graph).get(key)
+    if not isinstance(names, list) or len(names) != len(roles):
+        raise EngineError(f"{manifest.root}: graphs.{graph}.{key} should list {len(roles)} tensor names "
+                          f"({', '.join(roles)}), not {names!r}")
+    return dict(zip(roles, names))
 
 
 def _embedding_table(path: Path, entry: dict) -> np.ndarray:
@@ -375,7 +396,10 @@ def open_engine_session(engine: str | Path, protocol: str | None = None, config=
     config = config.with_overrides(**(overrides or {}))
     backend = OnnxBackend(manifest, provider=provider, **backend_options)
     tok = TextTokenizer.from_file(manifest.tokenizer_path())
-    return Session(backend, tok, proto, manifest.crop_set(), manifest.geometry(), config)
+    from edge_awares.session import STOP_TOKENS
+
+    stops = manifest.data["generation"].get("stop_tokens") or STOP_TOKENS
+    return Session(backend, tok, proto, manifest.crop_set(), manifest.geometry(), config, stop_tokens=tuple(stops))
 
 
 GiB = 1 << 30
