@@ -18,7 +18,7 @@ from edge_awares.errors import EngineError, MemoryBudgetError, ProviderUnavailab
 from edge_awares.manifest import Manifest, load_manifest
 from edge_awares.views import View
 
-from .vision_layout import VISION_INPUTS, vision_layout
+from .vision_layout import VISION_INPUTS, VisionLayout, vision_layout
 
 PROVIDERS = ("cpu", "cuda", "tensorrt")
 _ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -238,19 +238,22 @@ class OnnxBackend:
             worst = max(worst, segs * heads * length * (2 * length + 3 * dim) * 4)
         return int(worst * VISION_OVERHEAD)
 
-    def _vision_chunks(self, views: list[View]) -> list[list[View]]:
-        """Views in groups encoded by one call each: attention never crosses images, so encoding them apart
-        gives the same features, and the peak is the largest group's, not the sum of all (nine 1k-token crops
-        of a 12 MP photo in one call held 8.8 GB). Small views still share a call (one run, not many)."""
-        chunks, current = [], []
+    def _vision_chunks(self, views: list[View]) -> list[tuple[list[View], VisionLayout]]:
+        """Views in groups encoded by one call each, with each group's layout: attention never crosses images,
+        so encoding them apart gives the same features, and the peak is the largest group's, not the sum of all
+        (nine 1k-token crops of a 12 MP photo in one call held 8.8 GB). Small views still share a call."""
+        def layout_of(group):
+            return vision_layout([x.grid_thw for x in group], self._merge, self._window, self._patch)
+
+        chunks, current, current_layout = [], [], None
         for v in views:
             trial = current + [v]
-            layout = vision_layout([x.grid_thw for x in trial], self._merge, self._window, self._patch)
+            layout = layout_of(trial)
             if current and self._attention_bytes(layout) > VISION_CHUNK_BYTES:
-                chunks.append(current)
-                trial = [v]
-            current = trial
-        return chunks + [current]
+                chunks.append((current, current_layout))
+                trial, layout = [v], layout_of([v])
+            current, current_layout = trial, layout
+        return chunks + [(current, current_layout)]
 
     def _check_budget(self, what: str, extra: int) -> None:
         """MemoryBudgetError unless what the process holds now (its resident memory, engine and KV cache included
@@ -274,8 +277,7 @@ class OnnxBackend:
     def encode_images(self, views: list[View]) -> list[np.ndarray]:
         if not views:
             return []
-        chunks = [(c, vision_layout([v.grid_thw for v in c], self._merge, self._window, self._patch))
-                  for c in self._vision_chunks(views)]
+        chunks = self._vision_chunks(views)
         attention = max(self._attention_bytes(layout) for _, layout in chunks)
         self._check_budget(f"encoding {len(views)} view(s) of {sum(v.n_tokens for v in views)} visual tokens "
                            f"(largest call: {max(len(c) for c, _ in chunks)} view(s))", attention)

@@ -56,7 +56,9 @@ def test_vision_calls_group_views_under_the_chunk_cap(monkeypatch):
     views = crop_views(make_doc(900, 700), AWARES_CROPS, ["0", "1", "2", "3"], s.geometry)
     assert len(s.backend._vision_chunks(views)) == 1  # small views share one call
     monkeypatch.setattr(onnx_rt, "VISION_CHUNK_BYTES", 0)
-    assert [len(c) for c in s.backend._vision_chunks(views)] == [1, 1, 1, 1]
+    chunks = s.backend._vision_chunks(views)
+    assert [len(c) for c, _ in chunks] == [1, 1, 1, 1]
+    assert [layout.tokens for _, layout in chunks] == [[v.n_tokens] for v in views]
     assert isinstance(s.geometry, Geometry)
 
 
