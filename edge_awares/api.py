@@ -14,7 +14,7 @@ from .crops import AWARES_CROPS, CropSet
 from .errors import ConfigError, PromptError
 from .images import load_image
 from .protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
-from .ranges import MEMORY_BUDGET_GB, SEED, TEMPERATURE, Range
+from .ranges import MEMORY_BUDGET_GB, SEED, TEMPERATURE, limit_range
 from .session import Sampler, Session, SessionConfig, SessionResult, parse_crop_policy
 
 
@@ -52,18 +52,12 @@ class AskConfig:
         return self
 
 
-# The legal range of each generation limit: flags, export options and an engine manifest's stored limits
-# (edge_awares/manifest.py) are all checked against this one table.
-LIMITS = {"max_new_tokens": (1, 1 << 16), "max_crop_turns": (0, 16), "max_context": (64, 1 << 20)}
-
-
 def check_limits(max_new_tokens: int | None = None, max_crop_turns: int | None = None,
                  max_context: int | None = None) -> None:
     """ConfigError for a generation limit outside its legal range (None: unset, checked later by the engine)."""
     for name, value in (("max_new_tokens", max_new_tokens), ("max_crop_turns", max_crop_turns),
                         ("max_context", max_context)):
-        lo, hi = LIMITS[name]
-        Range(lo, hi, integer=True, optional=True).check(f"--{name.replace('_', '-')}", value)
+        limit_range(name, optional=True).check(f"--{name.replace('_', '-')}", value)
 
 
 # The demo policy this project trains itself (edge-awares train demo --ship): an int8 ONNX engine of a ~3M-parameter

@@ -52,11 +52,10 @@ class EvalConfig:
             from .outputs import check_file
 
             check_file(self.out, "jsonl", inputs=(self.data, self.model, self.engine))  # before the model loads
-        from .api import LIMITS
-        from .ranges import MEMORY_BUDGET_GB, Range, check_ranges
+        from .ranges import MEMORY_BUDGET_GB, Range, check_ranges, limit_range
 
         check_ranges(self, {"limit": Range(1, 10**9, integer=True, optional=True),
-                            "max_new_tokens": Range(*LIMITS["max_new_tokens"], integer=True),
+                            "max_new_tokens": limit_range("max_new_tokens"),
                             "memory_budget": MEMORY_BUDGET_GB})
         from .data.badsamples import check_policy
         from .data.loaders import check_image_roots

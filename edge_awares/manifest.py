@@ -541,7 +541,7 @@ def _check_tokens(data: dict, vocab: int, c: _Fields) -> None:
             c.fail(f"manifest field special_tokens has a key of {len(name)} characters; legal: 1..256")
         c.number(tokens, name, f"special_tokens[{show(name)}]", 0, vocab - 1)
     gen = data["generation"]
-    from .api import LIMITS  # the flags' own ranges: one table for every place a limit is set
+    from .ranges import LIMITS  # the flags' own ranges: one table for every place a limit is set
 
     for key, (lo, hi) in LIMITS.items():
         c.number(gen, key, f"generation.{key}", lo, hi, required=False)

@@ -57,6 +57,17 @@ def _fmt(x: float) -> str:
     return repr(x)
 
 
+# The legal range of each generation limit: flags, export options, curate/eval settings and an engine manifest's
+# stored limits (edge_awares/manifest.py) are all checked against this one table.
+LIMITS = {"max_new_tokens": (1, 1 << 16), "max_crop_turns": (0, 16), "max_context": (64, 1 << 20)}
+
+
+def limit_range(name: str, optional: bool = False) -> "Range":
+    """The Range of generation limit `name` (a key of LIMITS)."""
+    lo, hi = LIMITS[name]
+    return Range(lo, hi, integer=True, optional=optional)
+
+
 # Shared ranges: one definition each.
 SEED = Range(0, 2**32 - 1, integer=True)
 THREADS = Range(1, 1024, integer=True, optional=True)

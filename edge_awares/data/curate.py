@@ -70,15 +70,13 @@ class CurateConfig:
             if getattr(self, name) not in legal:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of "
                                   f"{', '.join(legal)}")
-        from ..api import LIMITS
-        from ..ranges import Range, check_ranges
+        from ..ranges import Range, check_ranges, limit_range
 
         check_ranges(self, {
             "judge_threshold": Range(0.0, 1.0, lo_open=True, optional=True),
             "ocr_min_similarity": Range(0.0, 1.0, lo_open=True), "min_iou": Range(0.0, 1.0, lo_open=True),
             "limit": Range(1, 10**9, integer=True, optional=True),
-            "max_new_tokens": Range(*LIMITS["max_new_tokens"], integer=True),
-            "max_context": Range(*LIMITS["max_context"], integer=True)})
+            "max_new_tokens": limit_range("max_new_tokens"), "max_context": limit_range("max_context")})
         if not Path(self.data).exists():
             raise DataError(f"{self.data}: no such data file or folder")
         from .badsamples import check_policy
