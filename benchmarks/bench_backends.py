@@ -82,7 +82,7 @@ def main() -> None:
     from edge_awares.api import open_session
     from edge_awares.export.engine import ExportConfig, export_engine
     from edge_awares.manifest import load_manifest
-    from edge_awares.runtimes.onnx import open_engine_session
+    from edge_awares.runtimes import open_engine_session
     from edge_awares.session import STOP_TOKENS, SessionConfig
     from edge_awares.tiny import make_tiny_checkpoint
 
@@ -123,7 +123,7 @@ def main() -> None:
         dec = m.graph("decoder")
         bytes_per_token[f"onnx {p}"] = sum(m.data["files"][f]["bytes"] for f in [dec["file"], *dec["data_files"]])
         sizes[f"onnx {p}"] = {"engine_bytes": m.size_bytes(), "ratio_to_fp32": m.data["sizes"]["ratio_to_fp32"],
-                              "deviation": m.data["verification"]["candidate"]}
+                              "deviation": m.verification["candidate"]}
     bandwidth = copy_bandwidth()
 
     def once(s):

@@ -33,6 +33,7 @@ class AskConfig:
     temperature: float = 0.0
     seed: int | None = None
     provider: str = "cpu"
+    backend: str | None = None  # which backend of the engine folder runs it (None: its default)
     memory_budget: float | None = None  # GiB the engine runtime may plan for (None: its default)
     extra: dict = field(default_factory=dict)
 
@@ -90,16 +91,21 @@ def default_tiny_checkpoint() -> Path:
 
 def open_session(model: str | Path | None = None, engine: str | Path | None = None, protocol: str | None = None,
                  config: SessionConfig | None = None, provider: str = "cpu", crop_set: CropSet = AWARES_CROPS,
-                 overrides: dict | None = None, memory_budget: float | None = None, **protocol_options) -> Session:
+                 overrides: dict | None = None, memory_budget: float | None = None, backend: str | None = None,
+                 **protocol_options) -> Session:
     """A Session over a checkpoint (torch reference backend) or an engine directory. `config` None: the
     engine's stored generation limits (or SessionConfig's defaults); `overrides` replace its fields not None.
-    `memory_budget` (GiB) bounds an engine runtime (None: its default); the torch reference has none."""
+    `memory_budget` (GiB) bounds an engine runtime (None: its default); the torch reference has none. `backend`
+    picks one of the engine folder's backends (None: its default)."""
     if engine is not None:
-        from .runtimes.onnx import open_engine_session
+        from .runtimes import open_engine_session
 
         budget = None if memory_budget is None else int(memory_budget * (1 << 30))
         return open_engine_session(engine, protocol=protocol, config=config, provider=provider, overrides=overrides,
-                                   memory_budget_bytes=budget)
+                                   memory_budget_bytes=budget, backend=backend)
+    if backend is not None:
+        raise ConfigError("--backend picks one of an engine folder's backends (--engine); --model runs the torch "
+                          "reference")
     if memory_budget is not None:
         raise ConfigError("--memory-budget bounds an engine runtime (--engine); the torch reference (--model) has none")
     from .models import read_checkpoint
@@ -127,7 +133,7 @@ def ask(cfg: AskConfig, session: Session | None = None) -> SessionResult:
             else:
                 model = str(default_tiny_checkpoint())
         session = open_session(model=model, engine=engine, protocol=cfg.protocol, provider=cfg.provider,
-                               memory_budget=cfg.memory_budget,
+                               memory_budget=cfg.memory_budget, backend=cfg.backend,
                                overrides={"max_new_tokens": cfg.max_new_tokens, "max_crop_turns": cfg.max_crop_turns,
                                           "max_context": cfg.max_context})
     sampler = Sampler(cfg.temperature, seed=cfg.seed)

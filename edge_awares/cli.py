@@ -15,7 +15,7 @@ from . import __version__
 from .bigckpt import PRESETS as _BIG_PRESETS  # plain data: imports no torch
 from .errors import ConfigError, EdgeAwaresError
 from .protocols import DEFAULT_PROTOCOL, PROTOCOLS
-from .ranges import memory_budget_option
+from .ranges import backend_option, memory_budget_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,18 +41,20 @@ def cli():
 @click.option("--seed", type=int, default=None)
 @click.option("--provider", default="cpu", show_default=True, help="Execution provider for --engine.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@backend_option
 @memory_budget_option
 @click.option("--show", "show", type=click.Path(dir_okay=False), default=None,
               help="Write the image with the fetched crops drawn on it (PNG) into an existing folder; never over "
                    "the input, and over an existing file only a PNG of ours.")
 def ask(image, question, model, engine, protocol, crops, max_new_tokens, max_crop_turns, max_context,
-        temperature, seed, provider, memory_budget, as_json, show):
+        temperature, seed, provider, backend, memory_budget, as_json, show):
     """Answer QUESTION about IMAGE: low-res view first, crops only if the policy asks."""
     from .api import AskConfig, ask as run_ask
 
     cfg = AskConfig(image=image, question=question, model=model, engine=engine, protocol=protocol, crops=crops,
                     max_new_tokens=max_new_tokens, max_crop_turns=max_crop_turns, max_context=max_context,
-                    temperature=temperature, seed=seed, provider=provider, memory_budget=memory_budget).validate()
+                    temperature=temperature, seed=seed, provider=provider, memory_budget=memory_budget,
+                    backend=backend).validate()
     if show:
         from .outputs import check_file
 
@@ -118,7 +120,13 @@ def tiny(out_dir, preset, seed, text_layers, dtype, force):
 @cli.command("export")
 @click.argument("checkpoint", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="Engine directory to create.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default="fp32", show_default=True)
+@click.option("--format", "formats", default="onnx", show_default=True,
+              help="What to write: onnx (onnxruntime), gguf (llama.cpp: language model + mmproj), or onnx,gguf "
+                   "(both in one folder; ask/profile/eval pick one with --backend).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int4", "f32", "f16", "q8_0", "q4_K"]),
+              default="fp32", show_default=True,
+              help="ONNX fp32/fp16/int8/int4; GGUF f32/f16/q8_0/q4_K (Q4_K_M). Either name selects its match in the "
+                   "other format (int8 = q8_0, int4 = q4_K).")
 @click.option("--protocol", type=click.Choice(sorted(PROTOCOLS)), default=None,
               help="The protocol the policy was trained with (stored in the manifest). Default: from the "
                    f"checkpoint's edge_awares_policy.json, else {DEFAULT_PROTOCOL}.")
@@ -144,10 +152,10 @@ def tiny(out_dir, preset, seed, text_layers, dtype, force):
               help="Greedy tokens per turn compared against the reference (fewer: a faster check of large models).")
 @click.option("--force", is_flag=True, help="Replace an engine this toolkit exported (never any other folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest's verification and sizes as JSON.")
-def export_cmd(checkpoint, output, precision, protocol, vision_precision, calib_images, int4_block_size,
+def export_cmd(checkpoint, output, formats, precision, protocol, vision_precision, calib_images, int4_block_size,
                int4_accuracy_level, max_context, reference, memory_budget, min_top1, max_rel_logit_err, no_gate,
                verify_tokens, force, as_json):
-    """Export CHECKPOINT (a Hugging Face Qwen2.5-VL folder) to a verified ONNX engine directory.
+    """Export CHECKPOINT (a Hugging Face Qwen2.5-VL folder) to a verified engine directory (ONNX and/or GGUF).
 
     Weights stream from safetensors one tensor at a time; the memory plan is printed first and the export is
     refused if the machine cannot hold it. Quantized engines must pass their acceptance gate."""
@@ -159,13 +167,15 @@ def export_cmd(checkpoint, output, precision, protocol, vision_precision, calib_
                        int4_block_size=int4_block_size, int4_accuracy_level=int4_accuracy_level,
                        max_context=max_context, reference=reference, memory_budget_gb=memory_budget,
                        min_top1=min_top1, max_rel_logit_err=max_rel_logit_err, gate=not no_gate,
-                       verify_tokens=verify_tokens, force=force).validate()
+                       verify_tokens=verify_tokens, force=force,
+                       formats=tuple(f.strip() for f in formats.split(",") if f.strip())).validate()
     log = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
     path = export_engine(cfg, log=log)
     m = load_manifest(path, check_files=False).data
     if as_json:
-        click.echo(json.dumps({"engine": str(path), "precision": m["precision"], "sizes": m["sizes"],
-                               "verification": m["verification"]}))
+        click.echo(json.dumps({"engine": str(path), "sizes": m["sizes"],
+                               "backends": {name: {"precision": b["precision"], "verification": b["verification"]}
+                                            for name, b in m["backends"].items()}}))
     else:
         click.echo(f"engine written to {path}")
 
@@ -185,10 +195,11 @@ def export_cmd(checkpoint, output, precision, protocol, vision_precision, calib_
 @click.option("--provider", default="cpu", show_default=True, help="Execution provider: cpu, cuda, tensorrt.")
 @click.option("--trace", type=click.Path(), default=None, help="Write a Chrome trace (chrome://tracing, Perfetto) "
               "into an existing folder; replaces only a trace of ours.")
+@backend_option
 @memory_budget_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def profile_cmd(image, question, engine, model, protocol, crops, runs, warmup, max_new_tokens, max_context,
-                provider, trace, memory_budget, as_json):
+                provider, trace, backend, memory_budget, as_json):
     """Time the crop loop on IMAGE/QUESTION: per-turn vision, prefill, decode; RTR; peak memory.
 
     Without --engine or --model it profiles the shipped demo engine."""
@@ -204,7 +215,8 @@ def profile_cmd(image, question, engine, model, protocol, crops, runs, warmup, m
 
     cfg = ProfileConfig(image=image, question=question, engine=engine, model=model, protocol=protocol, crops=crops,
                         runs=runs, warmup=warmup, provider=provider, max_new_tokens=max_new_tokens,
-                        max_context=max_context, trace=trace, memory_budget=memory_budget).validate()
+                        max_context=max_context, trace=trace, memory_budget=memory_budget,
+                        backend=backend).validate()
     report = profile(cfg)
     if as_json:
         click.echo(json.dumps(report))

@@ -35,6 +35,7 @@ class EvalConfig:
     limit: int | None = None
     max_new_tokens: int = 32
     provider: str = "cpu"
+    backend: str | None = None  # which backend of the engine folder (None: its default)
     memory_budget: float | None = None  # GiB (None: the runtime's default)
     out: str | None = None  # per-sample JSONL
     image_roots: tuple[str, ...] = ()  # folders images may lie in besides the data's own (--image-root)
@@ -104,7 +105,8 @@ def evaluate(cfg: EvalConfig, session: Session | None = None, progress: bool = T
         from .api import open_session
 
         session = open_session(model=cfg.model, engine=cfg.engine, protocol=cfg.protocol, provider=cfg.provider,
-                               memory_budget=cfg.memory_budget, overrides={"max_new_tokens": cfg.max_new_tokens})
+                               memory_budget=cfg.memory_budget, backend=cfg.backend,
+                               overrides={"max_new_tokens": cfg.max_new_tokens})
     metric = get_metric(cfg.metric)
     records = []
     from .outputs import PRODUCER, open_output
@@ -183,7 +185,7 @@ def _command():
     import click
 
     from .data.badsamples import bad_sample_options
-    from .ranges import memory_budget_option
+    from .ranges import backend_option, memory_budget_option
 
     @click.command("eval")
     @click.option("--data", required=True, type=click.Path(), help="Samples JSONL (or folder), or a benchmark copy.")
@@ -198,6 +200,7 @@ def _command():
     @click.option("--limit", type=int, default=None)
     @click.option("--max-new-tokens", type=int, default=32, show_default=True)
     @click.option("--provider", default="cpu", show_default=True)
+    @backend_option
     @memory_budget_option
     @click.option("--out", type=click.Path(), default=None,
                   help="Write per-sample records (JSONL) into an existing folder, whole at the end; replaces only "

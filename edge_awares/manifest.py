@@ -5,6 +5,12 @@ strict JSON: no NaN or Infinity, no duplicate keys, bounded nesting), checks its
 every field the runtime reads (type and legal range) and every listed file (inside the folder, reached through
 no link, of its size and sha256), and raises a typed EngineError subclass whose message names the problem.
 `write_manifest` is the exporter's side; every file the runtime opens goes through `Manifest.file`.
+
+Schema 2 is backend-neutral: `backends` maps a backend's name (`onnx`, `gguf`) to what that backend reads (its
+precision, its files by role, its graphs' tensor names, its own verification record); everything else (model
+shape, tokenizer, protocol, crop set, geometry, special tokens, generation defaults, the file list) is shared.
+A folder may hold several backends. A schema-1 manifest (ONNX only, `precision`/`graphs`/`verification` at the
+top) still loads: its digest is checked as written, then it is read as the schema-2 `backends.onnx` it means.
 """
 
 from __future__ import annotations
@@ -24,11 +30,18 @@ from .errors import ConfigError, CropError, EngineError, EngineIntegrityError, E
 from .views import GEOMETRY_LIMITS, Geometry, check_number, show
 
 FORMAT = "edge-awares-engine"
-# Still 1 with the digest: the field is additive (older toolkits ignore it, so sealed engines load there), and
-# an unsealed engine, which this toolkit refuses, gets its own message (no digest: re-export).
-SCHEMA_VERSION = 1
+# 2: `backends` (schema 1 had one ONNX backend's precision, graphs and verification at the top; still read).
+SCHEMA_VERSION = 2
+OLDEST_SCHEMA = 1
 MANIFEST = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
+# Each backend's precisions, and the ONNX precision each one matches (the same acceptance gate: export/engine.py
+# GATES). llama.cpp's names for its types; q4_K is its k-quant family (Q4_K_M, as llama-quantize recommends).
+BACKEND_PRECISIONS = {
+    "onnx": {p: p for p in PRECISIONS},
+    "gguf": {"f32": "fp32", "f16": "fp16", "q8_0": "int8", "q4_K": "int4"},
+}
+BACKENDS = tuple(BACKEND_PRECISIONS)
 DTYPES = {"float32": 4, "float16": 2}  # tensor dtypes the runtime reads, and their item sizes
 KV_LAYOUTS = ("BNSH",)  # [batch, kv_heads, capacity, head_dim]: what runtimes/onnx.py allocates
 
@@ -43,11 +56,14 @@ DIGEST_COVERS = ("every other field: sha256 of json.dumps(manifest without 'dige
 
 # Required top-level fields and their JSON types (the schema; tests/test_engine_manifest.py exercises it).
 _REQUIRED = {
-    "format": str, "schema_version": int, "family": str, "precision": str, "model": dict, "protocol": dict,
-    "crop_set": dict, "geometry": dict, "special_tokens": dict, "generation": dict, "graphs": dict,
-    "files": dict, "tokenizer": str, "provenance": dict, "verification": dict,
+    "format": str, "schema_version": int, "family": str, "model": dict, "protocol": dict,
+    "crop_set": dict, "geometry": dict, "special_tokens": dict, "generation": dict, "backends": dict,
+    "files": dict, "tokenizer": str, "provenance": dict,
 }
+# What schema 1 held at the top and schema 2 holds under backends.onnx.
+_V1_ONNX = ("precision", "graphs", "verification")
 _GRAPHS = ("vision", "decoder", "embeddings")
+_GGUF_FILES = ("model", "mmproj")  # the language model, and the vision tower with its projector
 # Legal ranges: past any Qwen2.5-VL (72B: hidden 8192, 80 layers, 64 heads, vocab 152064), short of sizes
 # that would make the runtime allocate without bound.
 _MODEL_LIMITS = {"hidden_size": (1, 1 << 17), "vocab_size": (1, 1 << 22), "num_layers": (1, 1024),
@@ -61,21 +77,51 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 @dataclass
 class Manifest:
-    """A validated manifest and the directory it describes."""
+    """A validated manifest and the directory it describes. `backend` is the backend this view reads (None:
+    the folder's only one, or the first of BACKENDS it holds); `select` gives the view of another."""
 
     root: Path
     data: dict
+    backend: str | None = None
+
+    def __post_init__(self):
+        if self.backend is None:
+            self.backend = default_backend(self.data["backends"])
+
+    @property
+    def backends(self) -> list[str]:
+        """The backends this folder holds, in BACKENDS order."""
+        return [b for b in BACKENDS if b in self.data["backends"]]
+
+    def select(self, backend: str | None) -> "Manifest":
+        """This manifest read for `backend` (None: the default); EngineError if the folder does not hold it."""
+        if backend is None:
+            return self
+        if backend not in self.data["backends"]:
+            raise EngineError(f"{self.root}: this engine holds no {show(backend)} backend; it holds "
+                              f"{', '.join(self.backends)}")
+        return Manifest(self.root, self.data, backend)
+
+    @property
+    def entry(self) -> dict:
+        """The selected backend's own fields (backends.NAME)."""
+        return self.data["backends"][self.backend]
 
     @property
     def precision(self) -> str:
-        return self.data["precision"]
+        return self.entry["precision"]
+
+    @property
+    def verification(self) -> dict:
+        return self.entry.get("verification", {})
 
     @property
     def model(self) -> dict:
         return self.data["model"]
 
     def graph(self, name: str) -> dict:
-        return self.data["graphs"][name]
+        """ONNX graph `name`'s entry (backends.onnx.graphs.NAME)."""
+        return self.data["backends"]["onnx"]["graphs"][name]
 
     def file(self, name: str) -> Path:
         """The path of listed file `name`, checked to be a regular file inside the engine folder reached
@@ -87,13 +133,23 @@ class Manifest:
 
     def path(self, name: str) -> Path:
         """Absolute path of graph `name`'s main file (checked as `file`)."""
-        return self.file(self.data["graphs"][name]["file"])
+        return self.file(self.graph(name)["file"])
 
     def graph_files(self, name: str) -> list[Path]:
         """Graph `name`'s main file, then its external-data files (onnxruntime opens those itself, next to the
         main file), every one checked as `file`."""
-        graph = self.data["graphs"][name]
+        graph = self.graph(name)
         return [self.file(f) for f in [graph["file"], *graph.get("data_files", [])]]
+
+    def backend_files(self, backend: str | None = None) -> list[str]:
+        """The listed files `backend` (None: the selected one) reads, the shared tokenizer included."""
+        b = backend or self.backend
+        entry = self.data["backends"][b]
+        if b == "onnx":
+            names = [f for g in _GRAPHS for f in (entry["graphs"][g]["file"], *entry["graphs"][g].get("data_files", []))]
+        else:
+            names = [entry["files"][role] for role in _GGUF_FILES]
+        return list(dict.fromkeys(names + [self.data["tokenizer"]]))
 
     def tokenizer_path(self) -> Path:
         return self.file(self.data["tokenizer"])
@@ -109,8 +165,33 @@ class Manifest:
 
         return protocol_from_dict(self.data["protocol"])
 
+    def verify(self, full: bool | None = None) -> None:
+        """verify_files over the selected backend's files."""
+        verify_files(self.root, self.data, full=full, names=self.backend_files())
+
     def size_bytes(self) -> int:
-        return sum(int(f["bytes"]) for f in self.data["files"].values())
+        """Bytes of the selected backend's files (what it maps or loads)."""
+        return sum(int(self.data["files"][f]["bytes"]) for f in self.backend_files())
+
+
+def default_backend(backends: dict) -> str:
+    """The backend an engine runs on when none is asked for: the first of BACKENDS it holds."""
+    for b in BACKENDS:
+        if b in backends:
+            return b
+    raise EngineError(f"manifest names no backend this toolkit runs; known: {', '.join(BACKENDS)}")
+
+
+def upgrade(data: dict) -> dict:
+    """A schema-1 manifest as the schema-2 one it means (its ONNX fields moved under backends.onnx); a schema-2
+    one unchanged. Run after the digest check (the digest covers the manifest as written)."""
+    if data.get("schema_version") != 1:
+        return data
+    out = {k: v for k, v in data.items() if k not in _V1_ONNX}
+    onnx = {k: data[k] for k in _V1_ONNX if k in data}
+    out["backends"] = {"onnx": onnx}
+    out["schema_version"] = SCHEMA_VERSION
+    return out
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -179,8 +260,9 @@ def write_manifest(root: Path, data: dict) -> Path:
     return out
 
 
-def load_manifest(root: str | Path, check_files: bool = True) -> Manifest:
-    """Read and validate root/manifest.json; with `check_files`, check every listed file (verify_files).
+def load_manifest(root: str | Path, check_files: bool = True, backend: str | None = None) -> Manifest:
+    """Read and validate root/manifest.json, as read by `backend` (None: the folder's default); with
+    `check_files`, check every file that backend reads (verify_files).
 
     Raises EngineError (no manifest, unreadable or hostile JSON, a field missing, of the wrong type or out of
     its legal range, unknown family/protocol/crop set), EngineVersionError (schema version not readable by
@@ -193,10 +275,12 @@ def load_manifest(root: str | Path, check_files: bool = True) -> Manifest:
     data = parse_manifest(_read_manifest(root), root / MANIFEST)
     _check_header(data, root)  # a newer format may seal differently: its version error comes first
     check_digest(data, root)
+    data = upgrade(data)
     validate(data, root)
+    manifest = Manifest(root, data).select(backend)
     if check_files:
-        verify_files(root, data)
-    return Manifest(root, data)
+        manifest.verify()
+    return manifest
 
 
 def _read_manifest(root: Path) -> bytes:
@@ -290,9 +374,9 @@ def _check_header(data, root) -> None:
     if version > SCHEMA_VERSION:
         raise EngineVersionError(f"{root}: engine schema version {version} is newer than this toolkit reads "
                                  f"({SCHEMA_VERSION}); upgrade edge-awares or re-export the engine")
-    if version < SCHEMA_VERSION:
+    if version < OLDEST_SCHEMA:
         raise EngineVersionError(f"{root}: engine schema version {version} is no longer read (this toolkit "
-                                 f"reads {SCHEMA_VERSION}); re-export the engine")
+                                 f"reads {OLDEST_SCHEMA}..{SCHEMA_VERSION}); re-export the engine")
 
 
 def _check_tree(data: dict, root) -> None:
@@ -403,8 +487,9 @@ def validate(data, root: Path | str = "<engine>") -> None:
 
     if data["family"] not in FAMILIES:
         raise EngineError(f"{root}: model family {show(data['family'])} is not supported; known: {', '.join(FAMILIES)}")
-    if data["precision"] not in PRECISIONS:
-        raise EngineError(f"{root}: precision {show(data['precision'])} unknown; known: {', '.join(PRECISIONS)}")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise EngineError(f"{root}: manifest schema_version {data['schema_version']} is not {SCHEMA_VERSION} "
+                          "(a schema-1 manifest is read through manifest.upgrade)")
     c = _Fields(root)
     model = _check_model(data["model"], c)
     geometry = _check_geometry(data["geometry"], c)
@@ -413,7 +498,7 @@ def validate(data, root: Path | str = "<engine>") -> None:
     _check_crop_set(data["crop_set"], root)
     _check_tokens(data, model["vocab_size"], c)
     files = _check_files(data["files"], c)
-    _check_graphs(data["graphs"], model, files, c)
+    _check_backends(data["backends"], model, files, c)
     if data["tokenizer"] not in files:
         raise EngineError(f"{root}: the tokenizer file {show(data['tokenizer'])} is not in the file list")
     c.obj(data, "sizes", "sizes", required=False)
@@ -565,24 +650,48 @@ def _check_files(files: dict, c: _Fields) -> dict:
     return files
 
 
+def _check_backends(backends: dict, model: dict, files: dict, c: _Fields) -> None:
+    """Each backend named is one this toolkit runs, with a precision of its own and every file it reads listed."""
+    if not backends:
+        c.fail(f"manifest field backends is empty; legal: one or more of {', '.join(BACKENDS)}")
+    for name, entry in backends.items():
+        if name not in BACKENDS:
+            c.fail(f"manifest names backend {show(name)}, which this toolkit does not run; known: {', '.join(BACKENDS)}")
+        if not isinstance(entry, dict):
+            c.fail(f"manifest field backends.{name} is not an object")
+        c.string(entry, "precision", f"backends.{name}.precision", choices=tuple(BACKEND_PRECISIONS[name]))
+        c.obj(entry, "verification", f"backends.{name}.verification", required=False)
+        if name == "onnx":
+            graphs = c.obj(entry, "graphs", "backends.onnx.graphs")
+            _check_graphs(graphs, model, files, c)
+        else:
+            roles = c.obj(entry, "files", f"backends.{name}.files")
+            for role in _GGUF_FILES:
+                f = c.string(roles, role, f"backends.{name}.files.{role}")
+                if f not in files:
+                    c.fail(f"backends.{name}.files.{role} names {show(f)}, which the file list does not hold")
+            c.string(entry, "mmproj_precision", f"backends.{name}.mmproj_precision", required=False,
+                     choices=("f32", "f16", "q8_0"))
+
+
 def _check_graphs(graphs: dict, model: dict, files: dict, c: _Fields) -> None:
     for g in _GRAPHS:
         graph = graphs.get(g)
         if not isinstance(graph, dict) or not isinstance(graph.get("file"), str):
-            c.fail(f"manifest lacks graphs.{g}.file")
-        data_files = c.strings(graph, "data_files", f"graphs.{g}.data_files", required=False, limit=MAX_FILES) or []
+            c.fail(f"manifest lacks backends.onnx.graphs.{g}.file")
+        data_files = c.strings(graph, "data_files", f"backends.onnx.graphs.{g}.data_files", required=False, limit=MAX_FILES) or []
         for f in [graph["file"], *data_files]:
             if f not in files:
-                c.fail(f"graphs.{g} names {show(f)}, which the file list does not hold")
+                c.fail(f"backends.onnx.graphs.{g} names {show(f)}, which the file list does not hold")
         for key in ("inputs", "outputs"):
-            c.strings(graph, key, f"graphs.{g}.{key}", required=False)
+            c.strings(graph, key, f"backends.onnx.graphs.{g}.{key}", required=False)
         for key in ("quantization", "layout", "logits"):
-            c.string(graph, key, f"graphs.{g}.{key}", required=False)
+            c.string(graph, key, f"backends.onnx.graphs.{g}.{key}", required=False)
     dec = graphs["decoder"]
     kv = dec.get("kv")
     if not isinstance(kv, dict) or not {"past", "present", "layout", "dtype"} <= kv.keys():
-        c.fail("manifest lacks the decoder's KV-cache layout (graphs.decoder.kv)")
-    p = "graphs.decoder.kv."
+        c.fail("manifest lacks the decoder's KV-cache layout (backends.onnx.graphs.decoder.kv)")
+    p = "backends.onnx.graphs.decoder.kv."
     for key in ("past", "present"):
         names = c.strings(kv, key, p + key)
         if len(names) != 2 * model["num_layers"]:
@@ -594,10 +703,10 @@ def _check_graphs(graphs: dict, model: dict, files: dict, c: _Fields) -> None:
     c.strings(kv, "length_inputs", p + "length_inputs", required=False)
     c.string(kv, "attention", p + "attention", required=False)
     c.flag(kv, "shared_buffer", p + "shared_buffer")
-    c.string(dec, "embeds_dtype", "graphs.decoder.embeds_dtype", required=False, choices=tuple(DTYPES))
+    c.string(dec, "embeds_dtype", "backends.onnx.graphs.decoder.embeds_dtype", required=False, choices=tuple(DTYPES))
     # The token table: [vocab, hidden] of one dtype, an .npy file or a block at `offset` inside another file.
     emb = graphs["embeddings"]
-    p = "graphs.embeddings."
+    p = "backends.onnx.graphs.embeddings."
     dtype = c.string(emb, "dtype", p + "dtype", choices=tuple(DTYPES))
     shape = emb.get("shape")
     expected = [model["vocab_size"], model["hidden_size"]]
@@ -659,8 +768,8 @@ def _inside(root: Path, name: str) -> tuple[Path, os.stat_result]:
     return path, st
 
 
-def verify_files(root: Path, data: dict, full: bool | None = None) -> None:
-    """Every listed file present, a regular file inside the folder reached through no link (`_inside`), of
+def verify_files(root: Path, data: dict, full: bool | None = None, names: list[str] | None = None) -> None:
+    """Every listed file (or those of `names`: one backend's) present, a regular file inside the folder reached through no link (`_inside`), of
     the listed size and sha256 (EngineIntegrityError names the first bad one).
 
     Hashing a multi-GB engine takes a minute (~4.5 s/GB on 2 cores), so a full check is remembered: after
@@ -676,6 +785,8 @@ def verify_files(root: Path, data: dict, full: bool | None = None) -> None:
         full = os.environ.get("EDGE_AWARES_VERIFY", "").lower() == "full"
     stats = {}
     paths = {}
+    # Every listed file is checked in place (inside the folder, through no link, of its size): cheap. Only those
+    # of `names` (the backend that will read them) are hashed.
     for name, entry in data["files"].items():
         path, st = _inside(root, name)
         if st.st_size != entry["bytes"]:
@@ -683,14 +794,16 @@ def verify_files(root: Path, data: dict, full: bool | None = None) -> None:
                                        "(modified or truncated; re-export the engine)")
         stats[name] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
         paths[name] = path
-    stamp = _stamp_path(root)
+    listed = data["files"] if names is None else {n: data["files"][n] for n in names}
+    stats = {n: stats[n] for n in listed}
+    stamp = _stamp_path(root, sorted(listed))
     if not full and stamp is not None:
         try:
             if json.loads(stamp.read_text()) == stats:
                 return
         except (OSError, ValueError):
             pass
-    for name, entry in data["files"].items():
+    for name, entry in listed.items():
         if sha256_file(paths[name]) != entry["sha256"]:
             raise EngineIntegrityError(f"{root}: file {name!r} does not match its sha256 in the manifest "
                                        "(modified or corrupt; re-export the engine)")
@@ -704,10 +817,11 @@ def verify_files(root: Path, data: dict, full: bool | None = None) -> None:
             pass  # a read-only cache only means hashing again next time
 
 
-def _stamp_path(root: Path) -> Path | None:
-    """Where the stamp of a full check of `root` (at its current manifest) lives; None if unreadable."""
+def _stamp_path(root: Path, names: list[str]) -> Path | None:
+    """Where the stamp of a full check of `names` in `root` (at its current manifest) lives; None if unreadable."""
     try:
-        key = hashlib.sha256(str(root.resolve()).encode() + b"\0" + (root / MANIFEST).read_bytes()).hexdigest()
+        key = hashlib.sha256(str(root.resolve()).encode() + b"\0" + (root / MANIFEST).read_bytes() + b"\0"
+                             + "\0".join(names).encode()).hexdigest()
     except OSError:
         return None
     from .paths import cache_dir

@@ -81,6 +81,17 @@ BATCH = Range(1, 1 << 16, integer=True)
 MEMORY_BUDGET_GB = Range(0.0, 1 << 20, lo_open=True, optional=True)  # None: the runtime's default
 
 
+def backend_option(f):
+    """The `--backend NAME` flag of the commands that run an engine (ask, profile, eval)."""
+    import click
+
+    from .manifest import BACKENDS
+
+    return click.option("--backend", "backend", type=click.Choice(BACKENDS), default=None,
+                        help="Which of the engine folder's backends runs it (default: its only one, else "
+                             f"{BACKENDS[0]}).")(f)
+
+
 def memory_budget_option(f):
     """The `--memory-budget GiB` flag of the commands that run an engine (ask, profile, eval)."""
     import click

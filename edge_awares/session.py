@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image
 
-from .backend import Backend
+from .backend import Backend, run_tokens
 from .chat import IM_END, Message, conversation_pieces, encode, generation_prompt, message_pieces
 from .crops import ALL, CropSet
 from .errors import ConfigError, CropError, PromptError
@@ -241,15 +241,13 @@ class Session:
         all_views = [v for _, v in enc.images]
         feats = self.backend.encode_images(all_views) if all_views else []
         t1 = time.perf_counter()
-        embeds = self.backend.embed_tokens(ids)
         shift = len(head)
-        for (offset, view), f in zip(enc.images, feats):
-            embeds[shift + offset: shift + offset + view.n_tokens] = f
+        images = [(shift + offset, f) for (offset, _), f in zip(enc.images, feats)]
         # positions of the pending head continue the text run, then the new pieces
         head_pos = np.arange(state.next_position, state.next_position + shift, dtype=np.int64)
         body_pos, next_pos = positions_for(enc, state.next_position + shift)
         positions = np.concatenate([np.broadcast_to(head_pos, (3, shift)), body_pos], axis=1)
-        logits = self.backend.forward(embeds, positions, state.cache)
+        logits = run_tokens(self.backend, ids, images, positions, state.cache)
         t2 = time.perf_counter()
         state.ids += ids.tolist()
         state.mask += [m for _, m in head] + [0] * len(enc)
@@ -264,9 +262,8 @@ class Session:
                 break
             state.ids.append(tid)
             state.mask.append(1)
-            e = self.backend.embed_tokens(np.asarray([tid], dtype=np.int64))
             p = np.full((3, 1), state.next_position, dtype=np.int64)
-            logits = self.backend.forward(e, p, state.cache)
+            logits = run_tokens(self.backend, np.asarray([tid], dtype=np.int64), [], p, state.cache)
             state.next_position += 1
         t3 = time.perf_counter()
         text_ids = generated[:-1] if generated and generated[-1] in self._stop_ids else generated

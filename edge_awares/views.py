@@ -163,6 +163,10 @@ class View:
         """Patches as [n_patches, C * temporal * patch * patch] float32, in the model's merge order."""
         return pixel_values(self.source, self.height, self.width, self.geometry)
 
+    def model_image(self) -> Image.Image:
+        """The region resized to the model-input size (what `pixel_values` normalises and patchifies)."""
+        return model_image(self.source, self.height, self.width)
+
 
 def make_view(source: Image.Image, geometry: Geometry, kind: str, box=None, crop_id=None) -> View:
     h, w = smart_resize(source.height, source.width, geometry.factor, geometry.min_pixels, geometry.max_pixels)
@@ -199,10 +203,16 @@ def box_view(image: Image.Image, box: tuple[int, int, int, int], geometry: Geome
     return make_view(region, geometry, "box", box=box, crop_id=ALL if box == (0, 0, image.width, image.height) else None)
 
 
-def pixel_values(source: Image.Image, height: int, width: int, g: Geometry) -> np.ndarray:
-    """Resize (BICUBIC), rescale, normalise and patchify one image, as the Qwen2-VL processor does."""
+def model_image(source: Image.Image, height: int, width: int) -> Image.Image:
+    """`source` at the model-input size (BICUBIC, as the Qwen2-VL processor resizes)."""
     if (source.width, source.height) != (width, height):
         source = source.resize((width, height), Image.Resampling.BICUBIC)
+    return source
+
+
+def pixel_values(source: Image.Image, height: int, width: int, g: Geometry) -> np.ndarray:
+    """Resize (BICUBIC), rescale, normalise and patchify one image, as the Qwen2-VL processor does."""
+    source = model_image(source, height, width)
     x = np.asarray(source, dtype=np.float32) * np.float32(1 / 255)
     x = (x - np.asarray(g.image_mean, np.float32)) / np.asarray(g.image_std, np.float32)
     x = x.transpose(2, 0, 1)  # C, H, W

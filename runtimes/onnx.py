@@ -8,15 +8,15 @@ one batched vision call. Execution providers: cpu, cuda, tensorrt (vision only; 
 
 from __future__ import annotations
 
-import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from edge_awares.errors import EngineError, MemoryBudgetError, ProviderUnavailableError
+from edge_awares.errors import EngineError, ProviderUnavailableError
 from edge_awares.manifest import Manifest, load_manifest
 from edge_awares.views import View
+
+from .budget import GiB, BudgetedBackend, engine_threads, memory_budget, process_rss  # noqa: F401 (re-exported)
 
 from .vision_layout import VISION_INPUTS, VisionLayout, vision_layout
 
@@ -63,10 +63,12 @@ def tensorrt_options(manifest: Manifest | dict, cache_dir: str | Path, fp16: boo
     from edge_awares.protocols import protocol_from_dict
     from edge_awares.views import Geometry
 
-    data = manifest.data if isinstance(manifest, Manifest) else manifest
+    from edge_awares.manifest import upgrade
+
+    data = manifest.data if isinstance(manifest, Manifest) else upgrade(manifest)  # a raw dict of either schema
     # The protocol's own view geometry (e.g. awares caps every view at 2048 tokens, ergo at 640).
     g = protocol_from_dict(data["protocol"]).geometry(Geometry.from_dict(data["geometry"]))
-    vis = data["graphs"]["vision"]
+    vis = data["backends"]["onnx"]["graphs"]["vision"]
     per_patch = g.patch_size ** 2
     unit = g.merge_size ** 2
     lo = max(unit, g.min_pixels // per_patch // unit * unit)
@@ -155,10 +157,12 @@ class OnnxCache:
         self._length += n
 
 
-class OnnxBackend:
+class OnnxBackend(BudgetedBackend):
     """Backend over an engine directory (see edge_awares/backend.py for the interface)."""
 
     name = "onnx"
+    providers = PROVIDERS
+    check_provider = staticmethod(check_provider)
 
     def __init__(self, engine: str | Path | Manifest, provider: str = "cpu", threads: int | None = None,
                  check_files: bool = True, trt_cache_dir: str | Path | None = None, profile_dir: str | None = None,
@@ -168,7 +172,6 @@ class OnnxBackend:
         self.manifest = engine if isinstance(engine, Manifest) else load_manifest(engine, check_files=check_files)
         self.provider = provider
         self.budget = memory_budget_bytes or memory_budget()
-        self._kv_held = self._vision_peak = self._planned_peak = self._loaded = 0
         self._check_budget("loading the engine", self.weights_bytes())
         threads = threads or engine_threads()
         m = self.manifest.model
@@ -254,24 +257,6 @@ class OnnxBackend:
                 trial, layout = [v], layout_of([v])
             current, current_layout = trial, layout
         return chunks + [(current, current_layout)]
-
-    def _check_budget(self, what: str, extra: int) -> None:
-        """MemoryBudgetError unless what the process holds now (its resident memory, engine and KV cache included
-        once loaded; at least the engine's size) plus `extra`, the step's own allocation, fits the budget."""
-        held = max(process_rss(), self.weights_bytes() * self._loaded + self._kv_held)
-        need = held + extra
-        if need > self.budget:
-            raise MemoryBudgetError(
-                f"{what} needs ~{extra / GiB:.2f} GiB beside the {held / GiB:.2f} GiB this process holds (engine "
-                f"{self.weights_bytes() / GiB:.2f} GiB, KV cache {self._kv_held / GiB:.2f} GiB): {need / GiB:.2f} GiB "
-                f"is over the budget of {self.budget / GiB:.2f} GiB (--memory-budget or EDGE_AWARES_MEMORY_BUDGET, "
-                "in GiB, raises it)")
-        self._planned_peak = max(self._planned_peak, need)
-
-    def memory(self) -> dict:
-        """The budget, what this backend holds against it, and the largest total it planned for (bytes)."""
-        return {"budget": self.budget, "weights": self.weights_bytes(), "kv_cache": self._kv_held,
-                "vision_peak": self._vision_peak, "planned_peak": self._planned_peak}
 
     # -- Backend interface -------------------------------------------------------------------------
     def encode_images(self, views: list[View]) -> list[np.ndarray]:
@@ -370,41 +355,6 @@ def _embedding_table(path: Path, entry: dict) -> np.ndarray:
         raise EngineError(f"{path}: cannot map the token-embedding table ({e})") from None
 
 
-def open_engine_session(engine: str | Path, protocol: str | None = None, config=None, provider: str = "cpu",
-                        check_files: bool = True, overrides: dict | None = None, **backend_options):
-    """A Session over an engine directory: its backend, tokenizer, protocol, crop set and geometry.
-
-    `protocol` None uses the engine's own (with its options); another name overrides it (a warning says so,
-    since a policy answers reliably only in the protocol it was trained with). `config` None takes the
-    manifest's generation defaults. Raises EngineError subclasses, ProviderUnavailableError, ProtocolError.
-    """
-    from edge_awares.protocols import get_protocol
-    from edge_awares.session import Session, SessionConfig
-    from edge_awares.tokenizer import TextTokenizer
-
-    check_provider(provider)  # before hashing a large engine
-    manifest = load_manifest(engine, check_files=check_files)
-    own = manifest.protocol()
-    if protocol is None or protocol == own.name:
-        proto = own
-    else:
-        warnings.warn(f"engine {manifest.root} was exported for protocol {own.name!r}; running it with "
-                      f"{protocol!r} as asked", stacklevel=2)
-        proto = get_protocol(protocol)
-    if config is None:
-        gen = manifest.data["generation"]
-        config = SessionConfig().with_overrides(**{k: int(gen[k]) for k in ("max_new_tokens", "max_crop_turns",
-                                                                           "max_context") if k in gen})
-    config = config.with_overrides(**(overrides or {}))
-    backend = OnnxBackend(manifest, provider=provider, **backend_options)
-    tok = TextTokenizer.from_file(manifest.tokenizer_path())
-    from edge_awares.session import STOP_TOKENS
-
-    stops = manifest.data["generation"].get("stop_tokens") or STOP_TOKENS
-    return Session(backend, tok, proto, manifest.crop_set(), manifest.geometry(), config, stop_tokens=tuple(stops))
-
-
-GiB = 1 << 30
 # Measured: onnxruntime's CPU provider held ~2x the two float32 score matrices of a vision attention (nine 972-token
 # crops of a 12 MP photo: 8.5 GB over the process baseline for 4.5 GB of scores and probabilities).
 VISION_OVERHEAD = 2.0
@@ -413,40 +363,3 @@ VISION_OVERHEAD = 2.0
 VISION_CHUNK_BYTES = 256 << 20
 # Longer prefills run in chunks of this many tokens (llama.cpp's default micro-batch is the same 512).
 PREFILL_CHUNK = 512
-# A budget that fits an 8 GB device (Jetson Orin Nano shares 8 GB between CPU and GPU; the OS keeps ~1 GB).
-DEFAULT_MEMORY_BUDGET_GB = 7.0
-
-
-def process_rss() -> int:
-    """This process's resident memory now (bytes; 0 where the platform does not say)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return 0
-
-
-def memory_budget() -> int:
-    """Bytes the runtime may plan for: EDGE_AWARES_MEMORY_BUDGET (GiB) or DEFAULT_MEMORY_BUDGET_GB."""
-    raw = os.environ.get("EDGE_AWARES_MEMORY_BUDGET")
-    if raw is None:
-        return int(DEFAULT_MEMORY_BUDGET_GB * GiB)
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 1 << 20:
-        from edge_awares.errors import ConfigError
-
-        raise ConfigError(f"EDGE_AWARES_MEMORY_BUDGET must be a positive number of GiB, not {raw!r}")
-    return int(value * GiB)
-
-
-def engine_threads() -> int | None:
-    """Intra-op threads from EDGE_AWARES_THREADS (unset: onnxruntime's default, one per physical core)."""
-    v = os.environ.get("EDGE_AWARES_THREADS")
-    if not v:
-        return None
-    from edge_awares.ranges import check_threads
-
-    return check_threads(v, "EDGE_AWARES_THREADS")

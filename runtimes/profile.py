@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from edge_awares.backend import forward_embedded
 from edge_awares.errors import ConfigError, PromptError
 
 
@@ -33,6 +34,7 @@ class ProfileConfig:
     max_new_tokens: int | None = None  # None: the engine's stored limits, else SessionConfig's
     max_context: int | None = None
     trace: str | None = None
+    backend: str | None = None  # which backend of the engine folder (None: its default)
     memory_budget: float | None = None  # GiB (None: the runtime's default)
 
     def validate(self) -> "ProfileConfig":
@@ -88,6 +90,15 @@ class _Traced:
         self._span("prefill" if n > 1 else "decode_step", t, {"tokens": n, "cache_length": int(cache.length)})
         return out
 
+    def forward_tokens(self, ids, images, positions, cache):
+        if not hasattr(self._inner, "forward_tokens"):
+            return forward_embedded(self, ids, images, positions, cache)  # through forward above: traced
+        t = time.perf_counter()
+        out = self._inner.forward_tokens(ids, images, positions, cache)
+        n = len(ids)
+        self._span("prefill" if n > 1 else "decode_step", t, {"tokens": n, "cache_length": int(cache.length)})
+        return out
+
 
 def rss_bytes() -> tuple[int, int]:
     """(current, peak) resident set size of this process, in bytes (Linux /proc; peak from getrusage)."""
@@ -119,7 +130,7 @@ def profile(cfg: ProfileConfig, session=None) -> dict:
     t_load = time.perf_counter()
     if session is None:
         session = open_session(model=cfg.model, engine=cfg.engine, protocol=cfg.protocol, provider=cfg.provider,
-                               memory_budget=cfg.memory_budget,
+                               memory_budget=cfg.memory_budget, backend=cfg.backend,
                                overrides={"max_new_tokens": cfg.max_new_tokens, "max_crop_turns": 1,
                                           "max_context": cfg.max_context})
     load_ms = (time.perf_counter() - t_load) * 1e3

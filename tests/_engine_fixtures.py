@@ -56,7 +56,7 @@ def quantized_engine(request, tiny2_ckpt, engines_root):
 
 def open_onnx(engine: Path, protocol: str | None = None, **config):
     """An engine session, with the protocol-override warning silenced (tests override on purpose)."""
-    from edge_awares.runtimes.onnx import open_engine_session
+    from edge_awares.runtimes import open_engine_session
     from edge_awares.session import SessionConfig
 
     with warnings.catch_warnings():

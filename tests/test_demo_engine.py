@@ -30,8 +30,9 @@ pytestmark = pytest.mark.skipif(demo_engine() is None, reason="no shipped demo e
 def test_manifest_is_the_int8_policy():
     from edge_awares.manifest import load_manifest
 
-    m = load_manifest(DEMO_ENGINE).data  # hashes every file: the shipped bytes are the verified ones
-    assert m["precision"] == "int8"
+    manifest = load_manifest(DEMO_ENGINE)  # hashes every file: the shipped bytes are the verified ones
+    m = manifest.data
+    assert manifest.backends == ["onnx"] and manifest.precision == "int8"
     assert m["protocol"]["name"] == "tool_call"
     size = sum(f.stat().st_size for f in DEMO_ENGINE.rglob("*") if f.is_file())
     assert size < 12e6

@@ -8,7 +8,8 @@ import pytest
 from edge_awares.api import DEMO_ENGINE
 from edge_awares.errors import EngineError
 from edge_awares.manifest import seal
-from edge_awares.runtimes.onnx import DECODER_INPUTS, open_engine_session
+from edge_awares.runtimes import open_engine_session
+from edge_awares.runtimes.onnx import DECODER_INPUTS
 
 pytestmark = pytest.mark.skipif(not (DEMO_ENGINE / "manifest.json").is_file(), reason="no shipped demo engine")
 

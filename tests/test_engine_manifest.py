@@ -33,15 +33,17 @@ def _edit(engine, fn):
 def test_exported_manifest_is_complete(tiny_engine):
     m = load_manifest(tiny_engine)
     d = m.data
-    assert d["schema_version"] == SCHEMA_VERSION and d["family"] == "qwen2_5_vl" and d["precision"] == "fp32"
+    assert d["schema_version"] == SCHEMA_VERSION and d["family"] == "qwen2_5_vl" and m.precision == "fp32"
+    assert m.backends == ["onnx"] and json.loads((tiny_engine / MANIFEST).read_text())["schema_version"] == 2
+    onnx = d["backends"]["onnx"]
     from edge_awares.outputs import MARKER
 
     assert set(d["files"]) == {p.name for p in tiny_engine.iterdir() if p.name not in (MANIFEST, MARKER)}
     assert d["provenance"]["source_sha256"] and d["provenance"]["versions"]["onnxruntime"]
-    assert d["verification"]["fp32"]["tokens_equal"] is True
-    assert d["verification"]["fp32"]["rel_logit_err"] < 1e-4
-    assert d["graphs"]["decoder"]["kv"]["shared_buffer"] is True
-    assert len(d["graphs"]["decoder"]["kv"]["past"]) == 2 * d["model"]["num_layers"]
+    assert onnx["verification"]["fp32"]["tokens_equal"] is True
+    assert onnx["verification"]["fp32"]["rel_logit_err"] < 1e-4
+    assert onnx["graphs"]["decoder"]["kv"]["shared_buffer"] is True
+    assert len(onnx["graphs"]["decoder"]["kv"]["past"]) == 2 * d["model"]["num_layers"]
     assert m.crop_set().name == "awares10" and m.protocol().name == "tool_call"
     assert d["special_tokens"]["<|im_end|>"] >= 0
 
@@ -80,9 +82,14 @@ def test_future_schema_version_is_refused(engine_copy):
     (lambda d: d.update(format="something-else"), "format"),
     (lambda d: d.pop("files"), "'files'"),
     (lambda d: d["files"].update({"../escape.bin": {"sha256": "0", "bytes": 1}}), "unsafe file path"),
-    (lambda d: d["graphs"]["decoder"].pop("kv"), "KV-cache layout"),
+    (lambda d: d["backends"]["onnx"]["graphs"]["decoder"].pop("kv"), "KV-cache layout"),
+    (lambda d: d["backends"].update(tflite={"precision": "fp32"}), "backend 'tflite'"),
+    (lambda d: d.update(backends={}), "backends is empty"),
+    (lambda d: d["backends"].update(gguf={"precision": "q8_0", "files": {"model": "m.gguf", "mmproj": "tokenizer.json"}}),
+     "backends.gguf.files.model names 'm.gguf'"),
+    (lambda d: d["backends"].update(gguf={"precision": "int8", "files": {}}), "backends.gguf.precision"),
     (lambda d: d["crop_set"].update(crops=[]), "crop set"),
-    (lambda d: d.update(precision="int3"), "precision"),
+    (lambda d: d["backends"]["onnx"].update(precision="int3"), "precision"),
 ])
 def test_malformed_manifest_names_the_problem(engine_copy, edit, match):
     _edit(engine_copy, edit)

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = import_blocker("torch", "transformers", "onnx", "onnxscript", "onnx_ir", "safetensors") + textwrap.dedent("""
     import json, sys
-    import edge_awares.runtimes.onnx as rt
+    import edge_awares.runtimes as rt
     from edge_awares.images import load_image
     engine, image = sys.argv[1], sys.argv[2]
     s = rt.open_engine_session(engine)

@@ -54,7 +54,7 @@ def test_near_tie_flip_is_recorded_not_fatal(tiny_ckpt, tmp_path, monkeypatch):
 
     monkeypatch.setattr(verify, "compare_to_reference", tie)
     out = eng.export_engine(eng.ExportConfig(checkpoint=str(tiny_ckpt), output=str(tmp_path / "e")), log=lambda m: None)
-    rec = load_manifest(out).data["verification"]
+    rec = load_manifest(out).verification
     assert rec["fp32"]["tokens_equal"] is False and rec["fp32"]["ties_only"] is True
     assert rec["bounds"]["tokens_equal"] is False
 
@@ -116,7 +116,7 @@ def test_quantized_engine_runs_both_turns_within_bounds(quantized_engine, tiny2_
     from edge_awares.export.verify import compare_sessions
 
     m = load_manifest(quantized_engine)
-    rec = m.data["verification"]
+    rec = m.verification
     assert m.data["sizes"]["ratio_to_fp32"] < 0.75
     s = open_onnx(quantized_engine, max_new_tokens=6)
     r = s.run(make_doc(500, 700, seed=2), "What is the total?", crops="0,4")
@@ -180,7 +180,8 @@ def test_cli_export_profile_and_ask(tiny_ckpt, tmp_path, capsys):
     eng = tmp_path / "engine"
     assert main(["export", str(tiny_ckpt), "-o", str(eng), "--protocol", "awares", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["verification"]["fp32"]["tokens_equal"] and load_manifest(eng).protocol().name == "awares"
+    assert out["backends"]["onnx"]["verification"]["fp32"]["tokens_equal"]
+    assert load_manifest(eng).protocol().name == "awares"
 
     trace = tmp_path / "trace.json"
     assert main(["profile", str(img), "What is the total?", "--engine", str(eng), "--runs", "2", "--crops", "0,4",

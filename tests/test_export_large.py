@@ -35,8 +35,8 @@ def test_real_width_fp32_export_over_2gb_in_bounded_memory(tmp_path):
     size = m["sizes"]["engine_bytes"]
     params = m["model"]["parameters"]
     assert size > 2 * GiB and (out / "decoder.onnx.data").stat().st_size > 2 * GiB  # past protobuf's limit
-    assert report["verification"]["candidate"]["tokens_equal"]
-    assert m["verification"]["reference_weights"] == "streamed"
+    assert report["backends"]["onnx"]["verification"]["candidate"]["tokens_equal"]
+    assert m["backends"]["onnx"]["verification"]["reference_weights"] == "streamed"
     # The plan stated before the work bounds what happened: the engine's own check dominates (onnxruntime
     # holds an fp32 engine's weights ~1.7x); no second copy of the model (the traced exporter: 9.5 B/param).
     assert peak <= m["provenance"]["plan"]["peak"] * 1.1, (peak / GiB, m["provenance"]["plan"]["peak"] / GiB)

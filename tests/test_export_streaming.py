@@ -97,8 +97,9 @@ def test_bf16_hub_checkpoint_exports_exactly_with_the_table_stored_once(bf16_hub
     out = export_engine(ExportConfig(checkpoint=str(bf16_hub_ckpt), output=str(tmp_path / "e"),
                                      reference="streamed"), log=_quiet)
     m = load_manifest(out).data
-    assert m["verification"]["fp32"]["tokens_equal"] and m["verification"]["reference_weights"] == "streamed"
-    emb = m["graphs"]["embeddings"]
+    onnx = m["backends"]["onnx"]
+    assert onnx["verification"]["fp32"]["tokens_equal"] and onnx["verification"]["reference_weights"] == "streamed"
+    emb = onnx["graphs"]["embeddings"]
     # the tied lm_head's [vocab, hidden] matrix inside the decoder's data is the lookup table: no second copy
     assert emb["file"] == "decoder.onnx.data" and "embed_tokens.npy" not in m["files"]
     assert not (out / "embed_tokens.npy").exists()
@@ -163,7 +164,7 @@ def test_gate_refuses_a_quantized_engine_below_it_and_leaves_nothing(tiny_ckpt, 
     # the same engine passes a gate it meets, and the manifest records the gate
     export_engine(ExportConfig(checkpoint=str(tiny_ckpt), output=str(out), precision="int8", min_top1=0.0,
                                max_rel_logit_err=10.0), log=_quiet)
-    gate = load_manifest(out).data["verification"]["gate"]
+    gate = load_manifest(out).verification["gate"]
     assert gate == {"min_top1": 0.0, "max_rel_logit_err": 10.0, "enforced": True, "passed": True}
 
 
@@ -259,7 +260,7 @@ def test_linked_engine_file_is_refused(tiny_engine, tmp_path):
 def test_export_checks_its_engine_under_its_own_budget_not_the_device_default(tiny_ckpt, tmp_path, monkeypatch):
     from edge_awares.errors import MemoryBudgetError
     from edge_awares.export.engine import ExportConfig, export_engine
-    from edge_awares.runtimes.onnx import open_engine_session
+    from edge_awares.runtimes import open_engine_session
 
     monkeypatch.setenv("EDGE_AWARES_MEMORY_BUDGET", "0.0001")  # a device too small for this engine
     out = export_engine(ExportConfig(checkpoint=str(tiny_ckpt), output=str(tmp_path / "e")), log=_quiet)

@@ -19,7 +19,7 @@ import pytest
 
 from edge_awares.api import DEMO_ENGINE
 from edge_awares.errors import ConfigError, EdgeAwaresError, EngineError, EngineIntegrityError
-from edge_awares.manifest import (DIGEST_COVERS, MANIFEST, MAX_MANIFEST_BYTES, Manifest, canonical, load_manifest,
+from edge_awares.manifest import (DIGEST_COVERS, MANIFEST, MAX_MANIFEST_BYTES, Manifest, canonical, load_manifest, upgrade,
                                   seal, write_manifest)
 from edge_awares.views import Geometry
 
@@ -79,7 +79,7 @@ def _one_line(e: BaseException) -> str:
 def test_the_shipped_demo_engine_is_sealed():
     m = load_manifest(DEMO_ENGINE, check_files=False)
     assert m.data["digest"]["covers"] == DIGEST_COVERS
-    assert set(m.data) - {"digest"} == set(BASE) - {"digest"}
+    assert set(m.data) - {"digest"} == set(upgrade(BASE)) - {"digest"}
 
 
 @pytest.mark.parametrize("path, value", [
@@ -137,7 +137,7 @@ def test_a_missing_or_malformed_digest_is_refused(bare, digest):
 def test_write_manifest_seals_without_changing_its_argument(tmp_path):
     root = tmp_path / "w"
     root.mkdir()
-    data = {k: v for k, v in BASE.items() if k != "digest"}
+    data = {k: v for k, v in upgrade(BASE).items() if k != "digest"}  # the writer writes the current schema only
     before = copy.deepcopy(data)
     write_manifest(root, data)
     assert data == before and "digest" not in data
@@ -145,6 +145,17 @@ def test_write_manifest_seals_without_changing_its_argument(tmp_path):
     assert {k: v for k, v in m.data.items() if k != "digest"} == before
     assert canonical(m.data) == canonical(before)
     assert not list(root.glob(".*tmp"))  # the temporary file is gone
+
+
+def test_a_schema_1_manifest_is_read_as_the_onnx_backend_it_means():
+    """The shipped demo engine was sealed as schema 1: its digest is checked as written, then it reads as schema 2."""
+    assert BASE["schema_version"] == 1 and "backends" not in BASE
+    m = load_manifest(DEMO_ENGINE, check_files=False)
+    assert m.data["schema_version"] == 2 and m.backends == ["onnx"] and m.backend == "onnx"
+    assert m.entry == {k: BASE[k] for k in ("precision", "graphs", "verification")}
+    assert not {"precision", "graphs", "verification"} & set(m.data)
+    with pytest.raises(EngineError, match="holds no 'gguf' backend; it holds onnx"):
+        m.select("gguf")
 
 
 def test_a_resealed_legal_edit_loads(bare):

@@ -74,7 +74,7 @@ def test_tensorrt_profile_follows_the_protocol_geometry(tiny_engine, tmp_path):
 
 def test_tensorrt_int8_only_for_qdq_graph(tiny_engine, tmp_path):
     data = load_manifest(tiny_engine).data
-    data["graphs"]["vision"]["quantization"] = "qdq-int8"
+    data["backends"]["onnx"]["graphs"]["vision"]["quantization"] = "qdq-int8"
     assert rt.tensorrt_options(data, tmp_path)["trt_int8_enable"] == "True"
 
 

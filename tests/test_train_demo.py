@@ -78,5 +78,5 @@ def test_ship_places_the_engine_whole(demo_run, tmp_path):
     dst.parent.mkdir()
     ship_engine(out / "engine-int8", dst)
     ship_engine(out / "engine-int8", dst)  # replacing works too
-    assert load_manifest(dst).data["precision"] == "int8"
+    assert load_manifest(dst).precision == "int8"
     assert not list(dst.parent.glob(".*partial*"))
