@@ -145,18 +145,26 @@ def _convert(src: Path, checkpoint: Path, out: Path, outtype: str, mmproj: bool,
                           f"{(lines[-1] if lines else 'no output')[:300]}")
 
 
-def quantize(src: Path, dst: Path, precision: str, threads: int | None = None) -> None:
-    """`src` (a float GGUF) quantized to `precision` by llama.cpp's llama_model_quantize."""
-    from edge_awares.runtimes.llamacpp import import_llama_cpp, quiet_logs
+_QUANTIZE = r"""
+import sys
+from edge_awares.runtimes.llamacpp import import_llama_cpp, quiet_logs
+llama_cpp = import_llama_cpp()
+quiet_logs(llama_cpp)
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = int(sys.argv[3])
+params.nthread = int(sys.argv[4])
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), params))
+"""
 
-    llama_cpp = import_llama_cpp()
-    quiet_logs(llama_cpp)
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = _FTYPES[precision]
-    params.nthread = threads or 0
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
-    if rc != 0 or not dst.is_file():
-        raise ExportError(f"llama.cpp could not quantize {src.name} to {precision} (llama_model_quantize returned {rc})")
+
+def quantize(src: Path, dst: Path, precision: str, threads: int | None = None) -> None:
+    """`src` (a float GGUF) quantized to `precision` by llama.cpp's llama_model_quantize, in a subprocess: llama.cpp's
+    quantizer leaves process state behind (its CPU backend crashed the first decode after it in the same process)."""
+    run = subprocess.run([sys.executable, "-c", _QUANTIZE, str(src), str(dst), str(_FTYPES[precision]),
+                          str(threads or 0)], capture_output=True, text=True)
+    if run.returncode != 0 or not dst.is_file():
+        tail = (run.stderr or run.stdout).strip().splitlines()[-1:] or [f"exit status {run.returncode}"]
+        raise ExportError(f"llama.cpp could not quantize {src.name} to {precision} ({tail[0][:300]})")
 
 
 def write_gguf(checkpoint: Path, out_dir: Path, precision: str, log=print) -> dict:

@@ -14,6 +14,7 @@ Providers: cpu; cuda where llama-cpp-python was built with it (GGML_CUDA=on; REA
 from __future__ import annotations
 
 import ctypes
+import os
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,7 @@ def quiet_logs(llama_cpp) -> None:
 
         _LOG_CALLBACK = _drop
         llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
-        mtmd = llama_cpp.mtmd_cpp
+        import llama_cpp.mtmd_cpp as mtmd
         mtmd.mtmd_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
         mtmd.mtmd_helper_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
 
@@ -120,7 +121,11 @@ class LlamaCppBackend(BudgetedBackend):
     check_provider = staticmethod(check_provider)
 
     def __init__(self, engine: str | Path | Manifest, provider: str = "cpu", threads: int | None = None,
-                 check_files: bool = True, memory_budget_bytes: int | None = None, n_batch: int = N_BATCH):
+                 check_files: bool = True, memory_budget_bytes: int | None = None, n_batch: int = N_BATCH,
+                 repack: bool | None = None):
+        """`repack`: let llama.cpp repack quantized weights for its CPU kernels (None: EDGE_AWARES_LLAMA_REPACK=1
+        turns it on; off by default: on this project's AVX-512 machine the repacked Q8_0 path of llama.cpp 0.3.36
+        crashes (SIGSEGV in libggml-cpu) on the first decode, a known class of upstream bugs; plain kernels work)."""
         self.llama_cpp = llama_cpp = import_llama_cpp()
         self.mtmd = llama_cpp.mtmd_cpp
         check_provider(provider)
@@ -143,6 +148,9 @@ class LlamaCppBackend(BudgetedBackend):
         llama_cpp.llama_backend_init()
         mp = llama_cpp.llama_model_default_params()
         mp.n_gpu_layers = -1 if provider == "cuda" else 0
+        if repack is None:
+            repack = os.environ.get("EDGE_AWARES_LLAMA_REPACK", "") == "1"
+        mp.use_extra_bufts = bool(repack)
         path = self.manifest.file(files["model"])
         self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), mp)
         if not self._model:
@@ -275,7 +283,7 @@ class LlamaCppBackend(BudgetedBackend):
             cp.type_k = cp.type_v = self.kv_type
             # Off: on this CPU it decoded slower and moved the logits 7% from the reference (0.56% off; FACTS.md).
             cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
-            cp.no_perf = True
+            cp.no_perf = False  # llama.cpp's token counters and timings (evaluated_tokens)
             self._ctx = lc.llama_init_from_model(self._model, cp)
             if not self._ctx:
                 raise EngineError(f"llama.cpp could not make a context of {capacity} tokens")
@@ -284,6 +292,14 @@ class LlamaCppBackend(BudgetedBackend):
         else:
             lc.llama_memory_clear(self._memory(), True)
         return LlamaCppCache(self, capacity)
+
+    def evaluated_tokens(self) -> int:
+        """Tokens llama.cpp has evaluated in this backend's context so far (its own counters, prompt and decode)."""
+        if self._ctx is None:
+            return 0
+        d = self.llama_cpp.llama_perf_context(self._ctx)
+        # llama.cpp reports a count of 0 as 1; a stage that never ran has no time either
+        return (d.n_p_eval if d.t_p_eval_ms > 0 else 0) + (d.n_eval if d.t_eval_ms > 0 else 0)
 
     def _memory(self):
         return self.llama_cpp.llama_get_memory(self._ctx)
@@ -355,7 +371,5 @@ class LlamaCppBackend(BudgetedBackend):
 
 
 def _physical_cores() -> int:
-    """llama.cpp's own default thread count is the physical cores; os.cpu_count() is the portable stand-in."""
-    import os
-
+    """llama.cpp's own default thread count is the physical cores; the CPUs this process may use stand in."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
