@@ -1,7 +1,9 @@
 """End-to-end crop-loop latency per backend: PyTorch (transformers, eager mode) vs the ONNX engine at fp32, int8
-and int4, on a mid-size random-init Qwen2.5-VL, same image, question and forced crops, runs interleaved.
+and int4 vs llama.cpp (GGUF f32, q8_0, q4_K from the same export folder), on a mid-size random-init Qwen2.5-VL,
+same image, question and forced crops (so equal visual tokens and positions on every side: the one session loop
+feeds them all), runs interleaved, the same thread count everywhere.
 
-    python benchmarks/bench_backends.py [--preset mid] [--runs 5] [--crops 0,4] [--max-new-tokens 32]
+    python benchmarks/bench_backends.py [--preset mid] [--runs 5] [--crops 0,4] [--max-new-tokens 32] [--threads 2]
 
 Reports medians after a warm-up: total and per-turn vision / prefill / decode ms, decode tokens/s next to the
 memory-bandwidth bound (decoder weight bytes read per token over a measured copy bandwidth), engine sizes and
@@ -71,12 +73,16 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--size", default="1288x966", help="image WxH")
     ap.add_argument("--precisions", default="fp32,int8,int4")
+    ap.add_argument("--formats", default="onnx,gguf", help="engine formats per precision (gguf needs llama-cpp-python)")
+    ap.add_argument("--threads", type=int, default=2, help="EDGE_AWARES_THREADS for every engine backend")
     ap.add_argument("--init-range", type=float, default=0.02,
                     help="weight init std (0.02 as Qwen's; larger ranges blow up activations and int8 error)")
     ap.add_argument("--work", default=None, help="keep the checkpoint and engines here (default: a temp dir)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args()
     warnings.filterwarnings("ignore")
+    os.environ["EDGE_AWARES_THREADS"] = str(a.threads)
+    formats = tuple(f for f in a.formats.split(",") if f)
 
     from conftest import make_doc
     from edge_awares.api import open_session
@@ -94,10 +100,12 @@ def main() -> None:
         make_tiny_checkpoint(ckpt, preset=a.preset, initializer_range=a.init_range)
     engines, export_s = {}, {}
     for p in a.precisions.split(","):
-        out = work / f"{ckpt.name}-engine-{p}"
+        out = work / f"{ckpt.name}-engine-{p}-{'-'.join(formats)}"
         if not out.is_dir():
             t = time.perf_counter()
-            export_engine(ExportConfig(checkpoint=str(ckpt), output=str(out), precision=p), log=lambda m: None)
+            # gate=False: random weights (plumbing, not accuracy); the deviation each export measured is reported
+            export_engine(ExportConfig(checkpoint=str(ckpt), output=str(out), precision=p, formats=formats,
+                                       gate=False), log=lambda m: None)
             export_s[p] = time.perf_counter() - t
         engines[p] = out
 
@@ -106,8 +114,13 @@ def main() -> None:
     question = "What is the total written on the page?"
     cfg = SessionConfig(max_new_tokens=a.max_new_tokens)
     sessions = {"pytorch eager": open_session(model=ckpt, config=cfg)}
+    names = {}  # session name -> (engine folder, backend)
     for p, e in engines.items():
-        sessions[f"onnx {p}"] = open_engine_session(e, config=cfg)
+        m = load_manifest(e, check_files=False)
+        for b in m.backends:
+            names[f"{b} {m.select(b).precision}"] = (e, b)
+    for k, (e, b) in names.items():
+        sessions[k] = open_engine_session(e, config=cfg, backend=b)
     torch_backend = sessions["pytorch eager"].backend
     tok = sessions["pytorch eager"].tok
     sampler = NoStopSampler([tok.token_id(t) for t in STOP_TOKENS])
@@ -118,12 +131,16 @@ def main() -> None:
     torch_bytes += sum(p.numel() * p.element_size() for p in [*lm.norm.parameters(), *torch_backend.model.lm_head.parameters()])
     bytes_per_token = {"pytorch eager": torch_bytes}
     sizes = {}
-    for p, e in engines.items():
-        m = load_manifest(e, check_files=False)
-        dec = m.graph("decoder")
-        bytes_per_token[f"onnx {p}"] = sum(m.data["files"][f]["bytes"] for f in [dec["file"], *dec["data_files"]])
-        sizes[f"onnx {p}"] = {"engine_bytes": m.size_bytes(), "ratio_to_fp32": m.data["sizes"]["ratio_to_fp32"],
-                              "deviation": m.verification["candidate"]}
+    for k, (e, b) in names.items():
+        m = load_manifest(e, check_files=False, backend=b)
+        if b == "onnx":
+            dec = m.graph("decoder")
+            decoder_files = [dec["file"], *dec["data_files"]]
+        else:
+            decoder_files = [m.entry["files"]["model"]]  # the whole language model (its token table included)
+        bytes_per_token[k] = sum(m.data["files"][f]["bytes"] for f in decoder_files)
+        sizes[k] = {"engine_bytes": m.size_bytes(), "ratio_to_fp32": m.size_bytes() / m.data["sizes"]["fp32_bytes"],
+                    "deviation": m.verification["candidate"]}
     bandwidth = copy_bandwidth()
 
     def once(s):
@@ -160,6 +177,22 @@ def main() -> None:
         if fp32:
             r["decode_vs_fp32"] = r["decode_tok_s"] / fp32["decode_tok_s"]
 
+    # ONNX engine over llama.cpp at matching precisions (fp32/f32, int8/q8_0, int4/q4_K): time ratios < 1 mean the
+    # ONNX engine is faster; the decode ratio is tokens/s (> 1: ONNX decodes faster).
+    pairs = {}
+    from edge_awares.manifest import BACKEND_PRECISIONS
+
+    for gname, canon in BACKEND_PRECISIONS["gguf"].items():
+        o, g = rows.get(f"onnx {canon}"), rows.get(f"gguf {gname}")
+        if not (o and g):
+            continue
+        pair = {"total": o["total_ms"] / g["total_ms"], "decode_tok_s": o["decode_tok_s"] / g["decode_tok_s"]}
+        for i, (to, tg) in enumerate(zip(o["turns"], g["turns"])):
+            for stage in ("vision_ms", "prefill_ms"):
+                if tg[stage] > 0:
+                    pair[f"t{i + 1}_{stage[:-3]}"] = to[stage] / tg[stage]
+        pairs[f"onnx {canon} / gguf {gname}"] = pair
+
     first = raw["pytorch eager"][0][1]
     report = {
         "preset": a.preset, "init_range": a.init_range, "parameters": int(sum(p.numel() for p in torch_backend.model.parameters())),
@@ -169,7 +202,7 @@ def main() -> None:
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "python": platform.python_version()},
         "attention_torch": torch_backend.model.config._attn_implementation,
-        "backends": rows,
+        "threads": a.threads, "backends": rows, "onnx_over_llama_cpp": pairs,
     }
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -212,6 +245,14 @@ def markdown(rep: dict) -> str:
               f"{t[-1]['visual_tokens']} visual / {t[-1]['prefill_tokens']} prefill tokens, "
               f"{t[-1]['generated']} generated. Deviation: the export's teacher-forced comparison against the "
               "PyTorch fp32 reference (random weights: plumbing, not accuracy)."]
+    if rep.get("onnx_over_llama_cpp"):
+        lines += ["", f"ONNX engine / llama.cpp, same run ({rep.get('threads')} threads; time ratios: < 1 = ONNX faster; "
+                  "decode: tokens/s ratio, > 1 = ONNX faster):", "",
+                  "| pair | end to end | t1 vision | t1 prefill | t2 vision | t2 prefill | decode tok/s |",
+                  "|---|---|---|---|---|---|---|"]
+        for k, p in rep["onnx_over_llama_cpp"].items():
+            cells = [p.get(c) for c in ("total", "t1_vision", "t1_prefill", "t2_vision", "t2_prefill", "decode_tok_s")]
+            lines.append(f"| {k} | " + " | ".join("-" if c is None else f"{c:.2f}" for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,8 @@ from _engine_fixtures import *  # noqa: F401,F403  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SCRIPT = import_blocker("torch", "transformers", "onnx", "onnxscript", "onnx_ir", "safetensors") + textwrap.dedent("""
+BLOCKED = ("torch", "transformers", "onnx", "onnxscript", "onnx_ir", "safetensors")
+BODY = textwrap.dedent("""
     import json, sys
     import edge_awares.runtimes as rt
     from edge_awares.images import load_image
@@ -31,12 +32,32 @@ SCRIPT = import_blocker("torch", "transformers", "onnx", "onnxscript", "onnx_ir"
     leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "onnx"))
     print(json.dumps({"leaked": leaked, "ids": [int(i) for i in r.ids]}))
 """)
+SCRIPT = import_blocker(*BLOCKED) + BODY
 
 
 def test_engine_runtime_is_torch_free(tiny_engine, tmp_path):
     img = tmp_path / "d.png"
     make_doc(500, 400).save(img)
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_engine), str(img)], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert last["leaked"] == [] and len(last["ids"]) > 0
+
+
+def test_llama_cpp_runtime_is_torch_free_and_onnxruntime_free(tiny2_ckpt, tmp_path):
+    """The GGUF backend needs neither torch nor onnxruntime at run time."""
+    import pytest
+
+    pytest.importorskip("llama_cpp")
+    from edge_awares.export.engine import ExportConfig, export_engine
+
+    engine = export_engine(ExportConfig(checkpoint=str(tiny2_ckpt), output=str(tmp_path / "g"), precision="q8_0",
+                                        formats=("gguf",)), log=lambda m: None)
+    img = tmp_path / "d.png"
+    make_doc(500, 400).save(img)
+    script = import_blocker(*BLOCKED, "onnxruntime") + BODY
+    out = subprocess.run([sys.executable, "-c", script, str(engine), str(img)], capture_output=True,
                          text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     last = json.loads(out.stdout.strip().splitlines()[-1])
