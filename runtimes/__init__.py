@@ -66,5 +66,21 @@ def open_engine_session(engine: str | Path, protocol: str | None = None, config=
     config = config.with_overrides(**(overrides or {}))
     runner = cls(manifest, provider=provider, **backend_options)
     tok = TextTokenizer.from_file(manifest.tokenizer_path())
+    _check_special_tokens(manifest, tok)
     stops = gen.get("stop_tokens") or STOP_TOKENS
     return Session(runner, tok, proto, manifest.crop_set(), manifest.geometry(), config, stop_tokens=tuple(stops))
+
+
+def _check_special_tokens(manifest, tok) -> None:
+    """The tokenizer gives every special token the id the manifest records (the ids a token backend is fed, and
+    those the exporter verified against): EngineError naming the first that differs."""
+    from edge_awares.errors import EdgeAwaresError, EngineError
+
+    for name, want in manifest.data["special_tokens"].items():
+        try:
+            got = tok.token_id(name)
+        except EdgeAwaresError:
+            got = None
+        if got != want:
+            raise EngineError(f"{manifest.root}: the tokenizer gives {name} id {got}, the manifest records {want}; "
+                              "the tokenizer is not the one this engine was exported with")

@@ -36,3 +36,9 @@ def test_graph_names_are_bound_from_the_manifest(tmp_path):
     e = _engine(tmp_path, lambda d: d["graphs"]["decoder"]["inputs"].pop())
     with pytest.raises(EngineError, match="graphs.decoder.inputs should list 4 tensor names"):
         open_engine_session(e)
+
+
+def test_special_token_ids_are_checked_against_the_tokenizer(tmp_path):
+    e = _engine(tmp_path, lambda d: d["special_tokens"].__setitem__("<|im_end|>", d["special_tokens"]["<|im_start|>"]))
+    with pytest.raises(EngineError, match=r"the tokenizer gives <\|im_end\|> id \d+, the manifest records \d+"):
+        open_engine_session(e)
