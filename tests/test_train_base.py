@@ -132,3 +132,13 @@ def test_training_forward_equals_the_session(base_run):
         k = ex["labels"].index(next(v for v in ex["labels"] if v != -100))
         ref = logits[k - 1]
         assert np.abs(seen[0] - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_eval_every_zero_means_no_evaluation():
+    """--eval-every 0 turns the evaluations off (the loop reads it so); a negative count is refused."""
+    from edge_awares.errors import ConfigError
+    from edge_awares.train.base import BaseRunConfig
+
+    assert BaseRunConfig(output="unused", eval_every=0).validate().eval_every == 0
+    with pytest.raises(ConfigError, match="--eval-every"):
+        BaseRunConfig(output="unused", eval_every=-1).validate()

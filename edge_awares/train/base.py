@@ -72,7 +72,7 @@ class BaseRunConfig:
     RANGES = {"steps": STEPS, "batch_size": BATCH, "lr": LEARNING_RATE, "min_lr_ratio": FRACTION,
               "warmup": COUNT, "weight_decay": Range(0.0, 10.0), "native_share": FRACTION, "read_share": FRACTION,
               "card_share": FRACTION, "aux_weight": Range(0.0, 100.0), "card_steps": COUNT, "seed": SEED,
-              "data_seed": SEED, "eval_every": STEPS, "eval_n": Range(1, 10**6, integer=True), "threads": THREADS}
+              "data_seed": SEED, "eval_every": COUNT, "eval_n": Range(1, 10**6, integer=True), "threads": THREADS}
 
     def validate(self) -> "BaseRunConfig":
         check_ranges(self, self.RANGES)

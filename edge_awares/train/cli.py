@@ -152,7 +152,7 @@ def oracle(samples, output, image_roots):
 @click.option("--native-share", type=float, default=0.5, show_default=True,
               help="Share of examples at native resolution (the rest: the low-res view).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--eval-every", type=int, default=500, show_default=True)
+@click.option("--eval-every", type=int, default=500, show_default=True, help="Steps between evaluations (0: none).")
 @click.option("--threads", type=int, default=None)
 @click.option("--overwrite", is_flag=True, help="Replace a checkpoint of ours at OUTPUT (never any other folder).")
 def base(output, steps, batch_size, lr, native_share, seed, eval_every, threads, overwrite):
