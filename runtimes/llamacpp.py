@@ -32,6 +32,11 @@ N_BATCH = 512
 # float32 attention scores of the largest call (the planned working set of a step).
 COMPUTE_OVERHEAD = 2.0
 _GGML_F32, _GGML_F16 = 0, 1
+# Flash attention per graph (measured on this CPU, benchmarks/bench_backends.py and the note of #12): the vision
+# tower's attention over every patch is ~3x faster with it and gives the same features; the text model keeps it off
+# (see TEXT_FLASH_ATTN's measurement in the README's llama.cpp section).
+VISION_FLASH_ATTN = True
+TEXT_FLASH_ATTN = False
 
 
 def import_llama_cpp():
@@ -123,9 +128,10 @@ class LlamaCppBackend(BudgetedBackend):
     def __init__(self, engine: str | Path | Manifest, provider: str = "cpu", threads: int | None = None,
                  check_files: bool = True, memory_budget_bytes: int | None = None, n_batch: int = N_BATCH,
                  repack: bool | None = None):
-        """`repack`: let llama.cpp repack quantized weights for its CPU kernels (None: EDGE_AWARES_LLAMA_REPACK=1
-        turns it on; off by default: on this project's AVX-512 machine the repacked Q8_0 path of llama.cpp 0.3.36
-        crashes (SIGSEGV in libggml-cpu) on the first decode, a known class of upstream bugs; plain kernels work)."""
+        """`repack`: let llama.cpp use its CPU extra buffer types (repacked and AMX kernels; None:
+        EDGE_AWARES_LLAMA_REPACK=1 turns them on). Off by default: this project's CPU has AMX, so the native build
+        carries ggml's AMX backend, and llama.cpp 0.3.36 crashes in ggml_backend_amx_mul_mat (SIGSEGV, q8_0 and
+        q4_K) on the first decode; the plain AVX-512 kernels work."""
         self.llama_cpp = llama_cpp = import_llama_cpp()
         self.mtmd = llama_cpp.mtmd_cpp
         check_provider(provider)
@@ -170,7 +176,7 @@ class LlamaCppBackend(BudgetedBackend):
         p.n_threads = self.threads
         p.print_timings = False
         p.warmup = False  # a warm-up reserves buffers for a 1288x1288 image; the budget plans per call instead
-        p.flash_attn_type = self.llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        p.flash_attn_type = _flash(self.llama_cpp, VISION_FLASH_ATTN)
         # mtmd resizes an image outside its token range; the session's views are already at their model size, so
         # the range is opened to every size the engine's geometry produces (each view's grid is checked below).
         g = self.manifest.geometry()
@@ -282,7 +288,7 @@ class LlamaCppBackend(BudgetedBackend):
             cp.n_threads = cp.n_threads_batch = self.threads
             cp.type_k = cp.type_v = self.kv_type
             # Off: on this CPU it decoded slower and moved the logits 7% from the reference (0.56% off; FACTS.md).
-            cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            cp.flash_attn_type = _flash(lc, TEXT_FLASH_ATTN)
             cp.no_perf = False  # llama.cpp's token counters and timings (evaluated_tokens)
             self._ctx = lc.llama_init_from_model(self._model, cp)
             if not self._ctx:
@@ -368,6 +374,10 @@ class LlamaCppBackend(BudgetedBackend):
             raise EngineError(f"llama.cpp failed to decode a batch of {k} {'tokens' if embeds is None else 'image rows'}"
                               f" (llama_decode returned {rc})")
         del keep, flat, n_seq, seq0, seq, out
+
+
+def _flash(llama_cpp, on: bool) -> int:
+    return llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if on else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
 
 
 def _physical_cores() -> int:
