@@ -245,6 +245,17 @@ def _register_subcommands() -> None:
 _register_subcommands()
 
 
+def _fetched(crops: list[str], boxes: list) -> str:
+    """What the crop turns fetched, in words no reader takes for "nothing": a bare "0" is crop id 0 (AwaRes's
+    top-left quadrant), so every id is named as one and given its region in original-image pixels."""
+    if not crops:
+        return "nothing (answered from the low-res view)"
+    if len(crops) != len(boxes):
+        return ", ".join(f"crop id {c}" for c in crops)
+    return "; ".join(f"{'a free box' if c == 'box' else f'crop id {c}'} at pixels ({', '.join(map(str, b))})"
+                     for c, b in zip(crops, boxes))
+
+
 def _print_result(out: dict) -> None:
     from rich import box
     from rich.console import Console
@@ -252,8 +263,7 @@ def _print_result(out: dict) -> None:
 
     con = Console()
     con.print(f"[bold]Answer:[/bold] {out['answer']!r}")
-    crops = ", ".join(out["crops"]) or "none (answered from the low-res view)"
-    con.print(f"[bold]Crops fetched:[/bold] {crops}")
+    con.print(f"[bold]Fetched:[/bold] {_fetched(out['crops'], out['boxes'])}")
     con.print(f"[bold]RTR:[/bold] {out['rtr']:.3f} ({out['visual_tokens']} of {out['native_visual_tokens']} "
               f"native visual tokens); AwaRes-eval pixel ratio {out['pixel_ratio']:.3f}")
     t = Table(box=box.SIMPLE_HEAD, title="per turn (tokens; times in ms)", title_justify="left")

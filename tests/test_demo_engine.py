@@ -48,6 +48,17 @@ def test_readme_question_is_answered_by_default():
     assert out["rtr"] == pytest.approx(0.5)
 
 
+def test_the_summary_names_what_was_fetched():
+    """Without --json the summary says "crop id 0" and its pixels, never a bare "0" that reads as "none"; a
+    low-res-only answer says it fetched nothing."""
+    res = CliRunner().invoke(cli, ["ask", str(ROOT / README_IMAGE), README_QUESTION])
+    assert res.exit_code == 0, res.output
+    assert "Fetched: crop id 0 at pixels (0, 0, 112, 112)" in res.output
+    res = CliRunner().invoke(cli, ["ask", str(ROOT / README_IMAGE), README_QUESTION, "--crops", "none"])
+    assert res.exit_code == 0, res.output
+    assert "Fetched: nothing (answered from the low-res view)" in res.output
+
+
 def test_example_cards_are_mostly_answered():
     from edge_awares.api import open_session
     from edge_awares.data.metrics import get_metric
