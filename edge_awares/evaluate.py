@@ -46,7 +46,17 @@ class EvalConfig:
         if self.model and self.engine:
             raise ConfigError("give --model or --engine, not both")
         if not self.model and not self.engine:
-            raise ConfigError("give --model CKPT or --engine DIR")
+            from .api import demo_engine
+
+            shipped = demo_engine()
+            if shipped is None:
+                raise ConfigError("give --model CKPT or --engine DIR (this checkout has no shipped demo engine)")
+            if self.native:
+                # The shipped engine is a policy: it asks for crops that a single native pass never serves, so its
+                # "native" figure is no baseline (the base model's engine is what --native needs).
+                raise ConfigError("--native needs --engine or --model of a base model: the shipped demo engine is a "
+                                  "crop policy, not the native baseline")
+            object.__setattr__(self, "engine", str(shipped))  # the default, as ask and profile use
         if self.metric not in METRICS:
             raise ConfigError(f"unknown metric {self.metric!r}; legal: {', '.join(METRICS)}")
         if self.out:
@@ -190,7 +200,8 @@ def _command():
     @click.command("eval")
     @click.option("--data", required=True, type=click.Path(), help="Samples JSONL (or folder), or a benchmark copy.")
     @click.option("--model", type=click.Path(), help="Hugging Face checkpoint folder (torch reference backend).")
-    @click.option("--engine", type=click.Path(), help="Engine directory (torch-free runtime).")
+    @click.option("--engine", type=click.Path(),
+                  help="Engine directory (torch-free runtime); default: the shipped demo engine.")
     @click.option("--benchmark", default="samples", show_default=True,
                   help="Loader: samples, chartqa, docvqa, textvqa, pope, vstar.")
     @click.option("--protocol", default=None, help=f"Default: the engine's own; {DEFAULT_PROTOCOL} for --model.")

@@ -50,9 +50,21 @@ def test_scores_and_rates(data, tmp_path):
 
 
 def test_bad_config(tmp_path):
-    with pytest.raises(ConfigError):
-        EvalConfig(data="x").validate()
+    with pytest.raises(ConfigError, match="not both"):
+        EvalConfig(data="x", model="m", engine="e").validate()
     with pytest.raises(ConfigError, match="metric"):
         EvalConfig(data="x", model="m", metric="bleu").validate()
     with pytest.raises(DataError):
         evaluate(EvalConfig(data=str(tmp_path / "none.jsonl"), model="m"), session=object(), progress=False)
+
+
+def test_no_engine_means_the_shipped_one_but_not_for_the_native_baseline():
+    """Like ask and profile, eval runs the shipped demo engine when given neither --model nor --engine; --native
+    is refused there, since the shipped policy asks for crops a native pass never serves."""
+    from edge_awares.api import DEMO_ENGINE, demo_engine
+
+    if demo_engine() is None:
+        pytest.skip("this checkout has no shipped demo engine")
+    assert EvalConfig(data="x").validate().engine == str(DEMO_ENGINE)
+    with pytest.raises(ConfigError, match="--native needs --engine or --model of a base model"):
+        EvalConfig(data="x", native=True).validate()
