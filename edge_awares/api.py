@@ -71,6 +71,15 @@ def demo_engine() -> Path | None:
     return DEMO_ENGINE if (DEMO_ENGINE / "manifest.json").is_file() else None
 
 
+def require_demo_engine() -> str:
+    """The shipped demo engine's folder, the default of a command given neither --engine nor --model (profile,
+    eval); ConfigError when this checkout has none."""
+    shipped = demo_engine()
+    if shipped is None:
+        raise ConfigError("give --engine DIR or --model CKPT (this checkout has no shipped demo engine)")
+    return str(shipped)
+
+
 def default_tiny_checkpoint() -> Path:
     """A tiny random-init checkpoint built once into the user cache (until a trained demo engine ships)."""
     from .tiny import make_tiny_checkpoint

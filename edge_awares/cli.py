@@ -206,12 +206,9 @@ def profile_cmd(image, question, engine, model, protocol, crops, runs, warmup, m
     from .runtimes.profile import ProfileConfig, format_report, profile
 
     if engine is None and model is None:
-        from .api import demo_engine
+        from .api import require_demo_engine
 
-        shipped = demo_engine()
-        if shipped is None:
-            raise ConfigError("give --engine DIR or --model CKPT (this checkout has no shipped demo engine)")
-        engine = str(shipped)
+        engine = require_demo_engine()
 
     cfg = ProfileConfig(image=image, question=question, engine=engine, model=model, protocol=protocol, crops=crops,
                         runs=runs, warmup=warmup, provider=provider, max_new_tokens=max_new_tokens,
@@ -247,11 +244,10 @@ _register_subcommands()
 
 def _fetched(crops: list[str], boxes: list) -> str:
     """What the crop turns fetched, in words no reader takes for "nothing": a bare "0" is crop id 0 (AwaRes's
-    top-left quadrant), so every id is named as one and given its region in original-image pixels."""
+    top-left quadrant), so every id is named as one and given its region in original-image pixels (the session
+    builds both lists from the same fetched views, one box per id)."""
     if not crops:
         return "nothing (answered from the low-res view)"
-    if len(crops) != len(boxes):
-        return ", ".join(f"crop id {c}" for c in crops)
     return "; ".join(f"{'a free box' if c == 'box' else f'crop id {c}'} at pixels ({', '.join(map(str, b))})"
                      for c, b in zip(crops, boxes))
 

@@ -46,17 +46,15 @@ class EvalConfig:
         if self.model and self.engine:
             raise ConfigError("give --model or --engine, not both")
         if not self.model and not self.engine:
-            from .api import demo_engine
+            from .api import require_demo_engine
 
-            shipped = demo_engine()
-            if shipped is None:
-                raise ConfigError("give --model CKPT or --engine DIR (this checkout has no shipped demo engine)")
+            shipped = require_demo_engine()
             if self.native:
                 # The shipped engine is a policy: it asks for crops that a single native pass never serves, so its
                 # "native" figure is no baseline (the base model's engine is what --native needs).
                 raise ConfigError("--native needs --engine or --model of a base model: the shipped demo engine is a "
                                   "crop policy, not the native baseline")
-            object.__setattr__(self, "engine", str(shipped))  # the default, as ask and profile use
+            object.__setattr__(self, "engine", shipped)  # the default, as ask and profile use
         if self.metric not in METRICS:
             raise ConfigError(f"unknown metric {self.metric!r}; legal: {', '.join(METRICS)}")
         if self.out:
