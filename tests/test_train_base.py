@@ -85,7 +85,7 @@ def test_token_attributes_place_each_digit_in_its_token():
     page = token_attributes(cards, (8, 8), (224, 224), None, legible=True)
     assert page.shape == (64, 3)
     digits = page[:, 2].reshape(8, 8)
-    for q, _, letter, code, (x0, y0, x1, y1) in cards:
+    for q, _, letter, code, (x0, y0, x1, y1), *_ in cards:
         for k, d in enumerate(code):  # the token under each glyph's centre holds that digit
             cx, cy = x0 + (k + 0.5) * (x1 - x0) / len(code), (y0 + y1) / 2
             assert digits[int(cy // 28), int(cx // 28)] == int(d)
@@ -93,7 +93,7 @@ def test_token_attributes_place_each_digit_in_its_token():
         block = page[:, 1].reshape(8, 8)[qr * 4:qr * 4 + 4, qc * 4:qc * 4 + 4]
         assert (block == LETTERS.index(letter)).all()
     assert (page[:, 0] == -100).sum() == 32  # the two blank quadrants train nothing
-    q, _, letter, code, _ = cards[0]
+    q, _, letter, code, *_ = cards[0]
     crop = token_attributes(cards, (4, 4), (224, 224), AWARES_CROPS.pixel_box(q, 224, 224), legible=True)
     assert sorted(int(v) for v in crop[:, 2] if v != 10) == sorted(int(d) for d in code)
     low = token_attributes(cards, (4, 4), (224, 224), None, legible=False)
@@ -142,3 +142,24 @@ def test_eval_every_zero_means_no_evaluation():
     assert BaseRunConfig(output="unused", eval_every=0).validate().eval_every == 0
     with pytest.raises(ConfigError, match="--eval-every"):
         BaseRunConfig(output="unused", eval_every=-1).validate()
+
+
+def test_token_attributes_on_a_second_demo_page():
+    """A spanning card's colour fills its half; a large code's digits are targets even in the low-res view."""
+    from edge_awares.data.cards import DEMO2, make_card_page
+    from edge_awares.train.base import token_attributes
+
+    page = next(p for p in (make_card_page(5, i, DEMO2) for i in range(200))
+                if any(c[0] in "5678" for c in p[0].meta["cards"]) and any(c[6] for c in p[0].meta["cards"]))
+    cards = page[0].meta["cards"]
+    span = next(c for c in cards if c[0] in "5678")
+    colours = token_attributes(cards, (8, 8), (224, 224), None, legible=True)[:, 0].reshape(8, 8)
+    x0, y0, x1, y1 = (v // 28 for v in span[5])
+    block = colours[y0:y1, x0:x1]
+    assert block.size == 32 and len(set(block.ravel().tolist())) == 1 and block[0, 0] != -100
+    low = token_attributes(cards, (4, 4), (224, 224), None, legible=False)[:, 2]
+    large_digits = sorted(int(d) for c in cards if c[6] for d in c[3])
+    small_only = all(not c[6] for c in cards)
+    assert not small_only
+    got = sorted(int(v) for v in low if v != -100)
+    assert set(got) <= set(large_digits) and got  # only large codes' digits, in the 4x4 low-res grid

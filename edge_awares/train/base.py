@@ -150,28 +150,39 @@ class Encoder:
 def token_attributes(cards: list, merged_hw: tuple[int, int], page_size: tuple[int, int],
                      crop_box: tuple[int, int, int, int] | None, legible: bool) -> np.ndarray:
     """Per visual token, the targets of the auxiliary vision loss (see `AuxHeads`), int64 [n_tokens, 3]:
-    [colour, letter, digit]. Colour and letter: those of the card under the token's centre (-100 on a blank
-    quadrant). Digit: the code digit whose glyph centre lies in the token, 10 for none, -100 in a view that
-    cannot show digits (the low-res view). `cards` is a card sample's meta["cards"]; `crop_box` the pixel box
-    the view shows (None: the whole page)."""
+    [colour, letter, digit]. Colour and letter: those of the card under the token's centre (-100 on blank paper).
+    Digit: the code digit whose glyph centre lies in the token, 10 for none, -100 where the view cannot show it
+    (a small code in the low-res view; a large code is legible there). `cards` is a card sample's meta["cards"]
+    (rows [slot, colour, letter, code, code box, card box, large]; the first demo's 5-item rows have no card box
+    and no large codes: each card is its quadrant); `crop_box` the pixel box the view shows (None: the page)."""
     h, w = merged_hw
     pw, ph = page_size
     x0, y0, x1, y1 = crop_box or (0, 0, pw, ph)
     sx, sy = (x1 - x0) / w, (y1 - y0) / h  # page pixels per token
-    by_quadrant = {int(c[0]): i for i, c in enumerate(cards)}
+    boxes, large = [], []
+    for row in cards:
+        if len(row) >= 7:
+            boxes.append(tuple(row[5]))
+            large.append(bool(row[6]))
+        else:
+            q = int(row[0])
+            boxes.append(((q % 2) * pw // 2, (q // 2) * ph // 2, (q % 2 + 1) * pw // 2, (q // 2 + 1) * ph // 2))
+            large.append(False)
     digit = np.full((h, w), 10 if legible else -100, dtype=np.int64)
-    if legible:
-        for _, _, _, code, (bx0, by0, bx1, by1) in cards:
-            step = (bx1 - bx0) / len(code)
-            for k, d in enumerate(code):
-                r, c = int(((by0 + by1) / 2 - y0) // sy), int((bx0 + (k + 0.5) * step - x0) // sx)
-                if 0 <= r < h and 0 <= c < w:
-                    digit[r, c] = int(d)
+    for row, big in zip(cards, large):
+        if not (legible or big):
+            continue
+        code, (bx0, by0, bx1, by1) = row[3], row[4]
+        step = (bx1 - bx0) / len(code)
+        for k, d in enumerate(code):
+            r, c = int(((by0 + by1) / 2 - y0) // sy), int((bx0 + (k + 0.5) * step - x0) // sx)
+            if 0 <= r < h and 0 <= c < w:
+                digit[r, c] = int(d)
     rows = []
     for r in range(h):
         for c in range(w):
             px, py = x0 + (c + 0.5) * sx, y0 + (r + 0.5) * sy
-            i = by_quadrant.get(2 * int(py >= ph / 2) + int(px >= pw / 2))
+            i = next((i for i, (a, b, e, f) in enumerate(boxes) if a <= px < e and b <= py < f), None)
             if i is None:
                 rows.append([-100, -100, digit[r, c]])
             else:
