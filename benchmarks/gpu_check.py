@@ -516,7 +516,7 @@ def train_section(args, device: str, work: Path, deadline: float) -> dict:
     stages = [
         ("sft", SFTRunConfig, "qwen2.5-vl-3b-sft.yaml", traj_file, dict(batch_size=1) if args.tiny else {}),
         ("grpo", GRPORunConfig, "qwen2.5-vl-3b-grpo.yaml", samples_file,
-         dict(answer_metric="anls", max_answer_tokens=8, **({"num_generations": 2} if args.tiny else {}))),
+         dict(answer_metric="anls", **({"num_generations": 2} if args.tiny else {}))),
     ]
     for name, cls, recipe, data, extra in stages:
         if time.perf_counter() > deadline:

@@ -33,7 +33,7 @@ class EvalConfig:
     native: bool = False  # single pass at native resolution (the paper's baseline)
     metric: str = "exact"
     limit: int | None = None
-    max_new_tokens: int = 32
+    max_new_tokens: int | None = None  # per turn; None: the engine's own (or the runtime default)
     provider: str = "cpu"
     backend: str | None = None  # which backend of the engine folder (None: its default)
     memory_budget: float | None = None  # GiB (None: the runtime's default)
@@ -64,7 +64,7 @@ class EvalConfig:
         from .ranges import MEMORY_BUDGET_GB, Range, check_ranges, limit_range
 
         check_ranges(self, {"limit": Range(1, 10**9, integer=True, optional=True),
-                            "max_new_tokens": limit_range("max_new_tokens"),
+                            "max_new_tokens": limit_range("max_new_tokens", optional=True),
                             "memory_budget": MEMORY_BUDGET_GB})
         from .data.badsamples import check_policy
         from .data.loaders import check_image_roots
@@ -76,23 +76,56 @@ class EvalConfig:
 
 @dataclass
 class EvalReport:
+    """What `summarize` makes of per-run records: the one definition of every figure, for `edge-awares eval`, the
+    trainers' validation (train/evaluate.py) and the benchmarks. Rates whose denominator is empty are None."""
+
     n: int
     accuracy: float  # mean metric score, 0..1
     rtr: float  # mean retained-token ratio
     request_rate: float  # share of samples where the policy asked for crops
     parse_rate: float  # share of requests that parsed (1.0 when there were none)
-    crop_histogram: dict[str, int]
+    crop_histogram: dict[str, int]  # crops fetched, by id ("box" for a free box), over all samples
     latency_ms: dict[str, float]  # median, p90, mean per sample (session only, model loaded)
     visual_tokens: float  # mean visual tokens per sample
+    lowres_only_rate: float = 0.0  # share of samples answered with no crop fetched (from the first view alone)
+    hr_request_rate: float | None = None  # request rate on samples that need detail (needs_detail / HR label)
+    lr_request_rate: float | None = None  # ... and on those that do not
+    accuracy_detail: float | None = None  # accuracy on samples that need detail
+    accuracy_coarse: float | None = None  # ... and on those that do not
+    evidence_hit_rate: float | None = None  # share of runs that fetched crops where one holds the evidence box
+    gold_crop_hit: float | None = None  # share of runs that fetched crops where one is an annotated best crop
     config: dict = field(default_factory=dict)
     bad_samples: dict = field(default_factory=lambda: {"count": 0, "samples": []})  # skipped: where, reason, id
     records: list[dict] = field(default_factory=list, repr=False)
+
+    SCALARS = ("n", "accuracy", "rtr", "request_rate", "parse_rate", "visual_tokens", "lowres_only_rate",
+               "hr_request_rate", "lr_request_rate", "accuracy_detail", "accuracy_coarse", "evidence_hit_rate",
+               "gold_crop_hit")
 
     def to_dict(self, with_records: bool = False) -> dict:
         d = asdict(self)
         if not with_records:
             d.pop("records")
         return d
+
+    def flat(self, prefix: str = "") -> dict[str, float]:
+        """The report as flat scalar metrics (`prefix + name`; None rates left out; crops/<id>: fetch counts),
+        as training logs them."""
+        out = {k: getattr(self, k) for k in self.SCALARS if getattr(self, k) is not None}
+        out["latency_ms/median"] = self.latency_ms["median"]
+        out.update({f"crops/{cid}": k for cid, k in self.crop_histogram.items()})
+        return {prefix + k: v for k, v in out.items()}
+
+
+def session_record(sample_id: str, question: str, answers, result, score: float, ms: float, *,
+                   needs_detail: bool | None = None, gold_crops=(), evidence_box=None) -> dict:
+    """One run's record (`summarize` reads these; `eval --out` writes them): what the session did and how it
+    scored. `result` is a SessionResult."""
+    return {"id": sample_id, "question": question, "answers": list(answers), "prediction": result.answer,
+            "score": float(score), "rtr": result.rtr, "visual_tokens": result.visual_tokens, "crops": result.crops,
+            "boxes": [list(b) for b in result.boxes], "requested": result.requested,
+            "parse_failures": result.parse_failures, "ms": ms, "gold_crops": list(gold_crops or []),
+            "needs_detail": needs_detail, "evidence_box": list(evidence_box) if evidence_box is not None else None}
 
 
 def evaluate(cfg: EvalConfig, session: Session | None = None, progress: bool = True) -> EvalReport:
@@ -132,11 +165,9 @@ def evaluate(cfg: EvalConfig, session: Session | None = None, progress: bool = T
                 bad.add(sample.where, str(e), sample.id)
                 continue
             ms = (time.perf_counter() - t0) * 1e3
-            rec = {"id": sample.id, "question": sample.question, "answers": list(sample.answers),
-                   "prediction": r.answer, "score": float(metric(r.answer, sample.answers)), "rtr": r.rtr,
-                   "visual_tokens": r.visual_tokens, "crops": r.crops, "requested": r.requested,
-                   "parse_failures": r.parse_failures, "ms": ms,
-                   "gold_crops": list(sample.crop_ids or []), "needs_detail": sample.needs_detail}
+            rec = session_record(sample.id, sample.question, sample.answers, r, metric(r.answer, sample.answers), ms,
+                                 needs_detail=sample.needs_detail, gold_crops=sample.crop_ids,
+                                 evidence_box=sample.evidence_box)
             records.append(rec)
             if out:
                 out.write(json.dumps({**rec, "producer": PRODUCER}) + "\n")
@@ -157,10 +188,18 @@ def evaluate(cfg: EvalConfig, session: Session | None = None, progress: bool = T
 
 
 def summarize(records: list[dict], config: dict | None = None) -> EvalReport:
+    """Every figure of an EvalReport from per-run records (session_record)."""
     n = len(records)
+    if not n:
+        raise DataError("no records to summarize")
     requests = [r for r in records if r["requested"]]
     failures = sum(r["parse_failures"] for r in records)
     ms = sorted(r["ms"] for r in records)
+    fetched = [r for r in records if r["crops"]]
+    detail = [r for r in records if r.get("needs_detail") is True]
+    coarse = [r for r in records if r.get("needs_detail") is False]
+    located = [r for r in fetched if r.get("evidence_box") is not None and r.get("boxes")]
+    annotated = [r for r in fetched if r.get("gold_crops")]
     return EvalReport(
         n=n,
         accuracy=sum(r["score"] for r in records) / n,
@@ -171,9 +210,25 @@ def summarize(records: list[dict], config: dict | None = None) -> EvalReport:
         latency_ms={"median": statistics.median(ms), "p90": ms[min(n - 1, int(0.9 * n))],
                     "mean": sum(ms) / n},
         visual_tokens=sum(r["visual_tokens"] for r in records) / n,
+        lowres_only_rate=1.0 - len(fetched) / n,
+        hr_request_rate=_share(detail, lambda r: r["requested"]),
+        lr_request_rate=_share(coarse, lambda r: r["requested"]),
+        accuracy_detail=sum(r["score"] for r in detail) / len(detail) if detail else None,
+        accuracy_coarse=sum(r["score"] for r in coarse) / len(coarse) if coarse else None,
+        evidence_hit_rate=_share(located, lambda r: any(_contains(b, r["evidence_box"]) for b in r["boxes"])),
+        gold_crop_hit=_share(annotated, lambda r: bool(set(r["crops"]) & set(r["gold_crops"]))),
         config=config or {},
         records=records,
     )
+
+
+def _share(records: list[dict], test) -> float | None:
+    return sum(bool(test(r)) for r in records) / len(records) if records else None
+
+
+def _contains(box, inner) -> bool:
+    """Whether pixel box `box` holds box `inner` (both x0, y0, x1, y1)."""
+    return box[0] <= inner[0] and box[1] <= inner[1] and inner[2] <= box[2] and inner[3] <= box[3]
 
 
 def _progress(items, enabled: bool):
@@ -207,7 +262,8 @@ def _command():
     @click.option("--native", is_flag=True, help="Single pass at native resolution (the baseline).")
     @click.option("--metric", type=click.Choice(METRICS), default="exact", show_default=True)
     @click.option("--limit", type=int, default=None)
-    @click.option("--max-new-tokens", type=int, default=32, show_default=True)
+    @click.option("--max-new-tokens", type=int, default=None,
+                  help="Tokens per turn (default: the engine's own, else the runtime's 64).")
     @click.option("--provider", default="cpu", show_default=True)
     @backend_option
     @memory_budget_option

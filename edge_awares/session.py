@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .backend import Backend, run_tokens
-from .chat import IM_END, Message, conversation_pieces, encode, generation_prompt, message_pieces
+from .chat import IM_END, conversation_pieces, encode, generation_prompt, message_pieces
 from .crops import ALL, CropSet
 from .errors import ConfigError, CropError, PromptError
 from .positions import positions_for
@@ -108,6 +108,13 @@ class SessionResult:
         return d
 
 
+def crop_turn_pieces(protocol: Protocol, views: list[View], question: str) -> list:
+    """The pieces a crop turn appends after the model's request turn (whose stop token is already in the cache):
+    the newline that closes the assistant message, the protocol's crop turn, and the next assistant header. One
+    layout for the session and for GRPO's budgets (TRL renders the same tokens from the chat template; tested)."""
+    return ["\n"] + message_pieces(protocol.crop_turn(views, question), prev_role="assistant") + generation_prompt()
+
+
 def parse_crop_policy(value: str | list[str], crop_set: CropSet) -> str | list[str]:
     """`model`, `none`, `all`, or a comma-separated list of crop ids/names (validated against the set)."""
     if isinstance(value, str):
@@ -136,7 +143,7 @@ class Session:
         self.backend, self.tok, self.protocol, self.crop_set = backend, tokenizer, protocol, crop_set
         self.geometry = protocol.geometry(geometry)
         self.config = config or SessionConfig()
-        self._stop_ids = {tokenizer.token_id(t) for t in stop_tokens if _has(tokenizer, t)}
+        self._stop_ids = stop_token_ids(tokenizer, stop_tokens)
         self._im_end = tokenizer.token_id(IM_END)
 
     def run(self, image: Image.Image, question: str, crops: str | list[str] = "model",
@@ -186,9 +193,7 @@ class Session:
                 break
             views = self.protocol.crop_views(parsed, image, self.crop_set, self.geometry, first)
             fetched += views
-            msg: Message = self.protocol.crop_turn(views, question)
-            pieces = ["\n"] + message_pieces(msg, prev_role="assistant") + generation_prompt()
-            turn = self._turn(state, "crop", pieces, max_new, sampler)
+            turn = self._turn(state, "crop", crop_turn_pieces(self.protocol, views, question), max_new, sampler)
             parsed = self.protocol.parse(turn.text, self.crop_set)
             turn.parsed, turn.crop_ids = parsed.kind, list(parsed.crop_ids)
             failures += int(parsed.kind == "invalid")
@@ -288,6 +293,11 @@ class _State:
         self.turns: list[Turn] = []
 
 
+def stop_token_ids(tokenizer: TextTokenizer, stop_tokens=STOP_TOKENS) -> set[int]:
+    """The ids of the stop tokens the tokenizer has (a turn ends at the first one sampled)."""
+    return {tokenizer.token_id(t) for t in stop_tokens if _has(tokenizer, t)}
+
+
 def _has(tok: TextTokenizer, token: str) -> bool:
     try:
         tok.token_id(token)
@@ -296,4 +306,5 @@ def _has(tok: TextTokenizer, token: str) -> bool:
         return False
 
 
-__all__ = ["Session", "SessionConfig", "SessionResult", "Sampler", "Turn", "parse_crop_policy", "Parsed"]
+__all__ = ["Session", "SessionConfig", "SessionResult", "Sampler", "Turn", "parse_crop_policy", "crop_turn_pieces",
+           "stop_token_ids", "Parsed", "STOP_TOKENS"]

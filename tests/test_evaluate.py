@@ -68,3 +68,43 @@ def test_no_engine_means_the_shipped_one_but_not_for_the_native_baseline():
     assert EvalConfig(data="x").validate().engine == str(DEMO_ENGINE)
     with pytest.raises(ConfigError, match="--native needs --engine or --model of a base model"):
         EvalConfig(data="x", native=True).validate()
+
+
+def test_trainer_validation_and_eval_share_one_aggregation(tmp_path):
+    """The figures a training run logs (train/evaluate.py) are eval's, from the same records: parse rate, request
+    rates by label, crop counts, evidence hits."""
+    from edge_awares.data.metrics import get_metric
+    from edge_awares.train.evaluate import EvalItem, evaluate_session
+
+    img = tmp_path / "p.png"
+    make_doc(448, 448).save(img)
+    boxes = [(300, 300, 320, 320), (10, 10, 20, 20), (300, 300, 320, 320), None]
+    samples = [Sample(id=f"s{i}", image=str(img), question="q", answers=["AB3"], evidence_box=b,
+                      needs_detail=i % 2 == 0) for i, b in enumerate(boxes)]
+    path = write_samples(tmp_path / "samples.jsonl", samples, image_dir=None)
+    tok = TextTokenizer(make_tokenizer())
+
+    # per sample: fetch crop 3 and answer; a garbled call (a parse failure: the whole image) and answer; answer
+    # directly; fetch crop 3 and answer wrong
+    runs = [[CALL, "AB3"], ["<tool_call>{oops</tool_call>", "AB3"], ["AB3"], [CALL, "no"]]
+
+    class PerRun(ScriptedBackend):
+        def new_cache(self, capacity):
+            self.run = getattr(self, "run", -1) + 1
+            self.scripts = [tok.encode_markup(t) + [tok.token_id("<|im_end|>")] for t in runs[self.run]]
+            return super().new_cache(capacity)
+
+    def session():
+        return Session(PerRun(tok, ["x"]), tok, get_protocol("tool_call"), AWARES_CROPS, Geometry())
+
+    rep = evaluate(EvalConfig(data=str(path), model="unused"), session=session(), progress=False)
+    items = [EvalItem(s.id, str(img), s.question, tuple(s.answers), s.needs_detail, s.evidence_box) for s in samples]
+    val = evaluate_session(session(), items, get_metric("exact"))
+    want = rep.flat("val/")
+    assert {k: v for k, v in val.items() if "latency" not in k} == {k: v for k, v in want.items() if "latency" not in k}
+    assert rep.crop_histogram == {"3": 2, "all": 1} and rep.parse_rate == pytest.approx(2 / 3)
+    assert rep.hr_request_rate == 0.5 and rep.lr_request_rate == 1.0 and rep.lowres_only_rate == 0.25
+    # fetched: s0 crop 3 (holds its box), s1 all (holds any box), s3 crop 3 (no box): 2 of 2 located hits
+    assert rep.evidence_hit_rate == 1.0
+    assert rep.accuracy == 0.75 and rep.accuracy_detail == 1.0 and rep.accuracy_coarse == 0.5
+    assert val["val/crops/all"] == 1 and val["val/parse_rate"] == pytest.approx(2 / 3)

@@ -122,6 +122,10 @@ def test_grpo_settings_are_the_papers_not_trls_defaults(tmp_path):
     assert (args.loss_type, args.beta, args.num_generations, args.temperature) == ("grpo", 0.05, 8, 1.0)
     assert args.max_tool_calling_iterations == 1 and args.per_device_train_batch_size == 8
     assert args.max_completion_length == 512 and not args.use_vllm
+    from edge_awares.session import SessionConfig
+
+    # each turn gets the runtime's per-turn budget (TRL's default: the whole max_completion_length per turn)
+    assert args.generation_kwargs == {"max_new_tokens": SessionConfig().max_new_tokens}
 
 
 def test_shipped_recipes_are_valid_configs():

@@ -86,7 +86,9 @@ def test_grpo_rollout_ids_equal_session(setup):
     from trl.data_utils import prepare_multimodal_messages
     from trl.trainer.grpo_trainer import GRPOTrainer
 
-    from edge_awares.train.grpo import make_environment, prompt_messages
+    from edge_awares.chat import encode
+    from edge_awares.session import crop_turn_pieces, stop_token_ids
+    from edge_awares.train.grpo import make_environment, make_response_parser, prompt_messages
 
     s = setup
     traj = next(t for t in s.trajs if t.label == "HR")
@@ -102,13 +104,42 @@ def test_grpo_rollout_ids_equal_session(setup):
                                           return_dict=True)["input_ids"][0]
     im_end = s.tok.token_id("<|im_end|>")
     request = s.tok.encode_markup(conv.messages[1].content[0]) + [im_end]
-    tool_message = {"role": "tool", "name": "crop", "content": env.crop(regions=list(traj.crop_ids))}
+    # TRL's loop: our response parser reads the sampled ids as a tool call, TRL calls the tool with its arguments
+    message = make_response_parser(s.proto, AWARES_CROPS, s.tok, stop_token_ids(s.tok))(request)
+    assert message["content"] == conv.messages[1].content[0] and len(message["tool_calls"]) == 1
+    call = message["tool_calls"][0]["function"]
+    tool_message = {"role": "tool", "name": call["name"], "content": env.crop(**call["arguments"])}
     trainer = SimpleNamespace(processing_class=proc, _is_vlm=True, chat_template=template, chat_template_kwargs={},
                               _tokenizer=proc.tokenizer)
     suffix = GRPOTrainer._get_tool_suffix_ids(trainer, [tool_message])
     answer = s.tok.encode(conv.messages[3].content[0]) + [im_end]
     assert list(prompt_ids) + request + suffix + answer == result.ids.tolist()
     assert env.calls == 1 and [v.crop_id for v in env.fetched] == traj.crop_ids
+    # the crop-turn layout GRPO's budget counts is the one TRL renders
+    assert len(encode(crop_turn_pieces(s.proto, env.fetched, traj.question), s.tok)) == len(suffix)
+
+
+def test_response_parser_follows_the_sessions_rules(setup):
+    """An answer has no tool call; a request and an unparseable request both become a tool call (the crop tool then
+    fetches the request, or the protocol's fallback: the whole image); a request cut off by the per-turn budget
+    is not served (TRL cannot close its message as the session does)."""
+    from edge_awares.session import stop_token_ids
+    from edge_awares.train.grpo import make_environment, make_response_parser
+
+    s = setup
+    parse = make_response_parser(s.proto, AWARES_CROPS, s.tok, stop_token_ids(s.tok))
+    im_end = s.tok.token_id("<|im_end|>")
+    answer = parse(s.tok.encode("K7P") + [im_end])
+    assert answer == {"role": "assistant", "content": "K7P"}
+    traj = s.trajs[0]
+    env = make_environment(s.proto, AWARES_CROPS, s.renderer.geometry)()
+    env.reset(image_path=str(traj.image), question="q")
+    garbled = '<tool_call>\n{"name": crop, "regions": [</tool_call>'
+    call = parse(s.tok.encode_markup(garbled) + [im_end])["tool_calls"][0]["function"]
+    env.crop(**call["arguments"])
+    assert env.fetched[-1].crop_id == "all" and env.parse_failures == 1
+    cut = parse(s.tok.encode_markup('<tool_call>\n{"name": "crop", "arguments": {"regions": ["3"'))
+    assert "tool_calls" not in cut and cut["content"].startswith("<tool_call>")
 
 
 def test_environment_tool_schema_is_the_protocols(setup):

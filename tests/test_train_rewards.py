@@ -105,34 +105,48 @@ def _env(calls=0, fetched=(), hr_w=448, native=256, first_tokens=64, parse_failu
 
 
 def test_trl_reward_functions_read_rollouts():
+    """Completions as our response parser builds them (content: the raw turn; a request carries one tool call with
+    that text), read with the protocol's parser and the environment's record."""
     pytest.importorskip("trl")
-    from edge_awares.train.grpo import final_answer, make_reward_funcs, rollout_stats
+    from edge_awares.crops import AWARES_CROPS
+    from edge_awares.train.grpo import RAW_TEXT, final_answer, make_reward_funcs, rollout_stats
 
     proto = get_protocol("tool_call")
-    call = {"role": "assistant", "content": "", "tool_calls": [
-        {"type": "function", "function": {"name": "crop", "arguments": {"regions": ["3"]}}}]}
+
+    def request(text):
+        return {"role": "assistant", "content": text,
+                "tool_calls": [{"type": "function", "function": {"name": "crop", "arguments": {RAW_TEXT: text}}}]}
+
+    call = request('<tool_call>\n{"name": "crop", "arguments": {"regions": ["3"]}}\n</tool_call>')
     served = [call, {"role": "tool", "name": "crop", "content": []}, {"role": "assistant", "content": "K7P"}]
     direct = [{"role": "assistant", "content": "K7P"}]
     dropped = [call]  # TRL rolled the tool result back: over max_completion_length
-    malformed = [{"role": "assistant", "content": '<tool_call>\n{"name": crop</tool_call>'}]
-    assert final_answer(served, proto) == "K7P" and final_answer(dropped, proto) == ""
-    assert final_answer(malformed, proto) == ""
+    garbled = request('<tool_call>\n{"name": crop</tool_call>')  # served with the fallback (the whole image)
+    invalid = [garbled, {"role": "tool", "name": "crop", "content": []}, {"role": "assistant", "content": "K7P"}]
+    cut = [{"role": "assistant", "content": '<tool_call>\n{"name": "crop", "arguments": {"regions": ["3"'}]
+    c = AWARES_CROPS
+    assert final_answer(served, proto, c) == "K7P" and final_answer(dropped, proto, c) == ""
+    assert final_answer(cut, proto, c) == ""  # an unserved request has no answer, as in the session
     quadrant = ((224, 224, 448, 448), "3", 64)
-    envs = [_env(1, [quadrant]), _env(), _env(1, [quadrant]), _env()]
-    assert rollout_stats(dropped, envs[2]) == {"requested": True, "served": False, "dropped": True,
-                                               "malformed": False}
-    assert rollout_stats(malformed, envs[3])["malformed"] and rollout_stats(malformed, envs[3])["requested"]
+    whole = ((0, 0, 448, 448), "all", 256)
+    envs = [_env(1, [quadrant]), _env(), _env(1, [quadrant]), _env(1, [whole], parse_failures=1), _env()]
+    assert rollout_stats(dropped, envs[2], proto, c) == {"requested": True, "served": False, "dropped": True,
+                                                         "invalid": False, "cut": False}
+    assert rollout_stats(invalid, envs[3], proto, c)["invalid"]
+    assert rollout_stats(cut, envs[4], proto, c) == {"requested": True, "served": False, "dropped": False,
+                                                     "invalid": False, "cut": True}
 
-    answer, cost = make_reward_funcs(RewardConfig(answer_metric="exact"), proto)
+    answer, cost = make_reward_funcs(RewardConfig(answer_metric="exact"), proto, c)
     assert answer.__name__ == "answer" and cost.__name__ == "tool_cost"
-    completions = [served, direct, dropped, malformed]
-    answers = [["K7P"]] * 4
-    assert answer(None, completions, answers=answers) == [1.0, 1.0, 0.0, 0.0]
+    completions = [served, direct, dropped, invalid, cut]
+    answers = [["K7P"]] * 5
+    assert answer(None, completions, answers=answers) == [1.0, 1.0, 0.0, 1.0, 0.0]
     logged = {}
     with pytest.warns(UserWarning, match="dropped"):
-        costs = cost(None, completions, environments=envs, hr=[True, True, False, None],
+        costs = cost(None, completions, environments=envs, hr=[True, True, False, None, None],
                      log_metric=lambda k, v: logged.__setitem__(k, v))
-    assert costs == pytest.approx([-(0.25 + 0.01 * 25), -2.0, -0.25, -0.25])
-    assert logged["rollout/request_rate"] == 0.75 and logged["rollout/dropped_tool_results"] == 0.25
-    assert logged["rollout/crops/3"] == 0.25 and logged["rollout/malformed_requests"] == 0.25
-    assert logged["rollout/rtr"] == pytest.approx(((64 + 64) / 256 + 3 * 64 / 256) / 4)
+    assert costs == pytest.approx([-(0.25 + 0.01 * 25), -2.0, -0.25, -(0.25 + 0.01 * 100), -0.25])
+    assert logged["rollout/request_rate"] == 0.8 and logged["rollout/dropped_tool_results"] == 0.2
+    assert logged["rollout/crops/3"] == 0.2 and logged["rollout/crops/all"] == 0.2
+    assert logged["rollout/parse_rate"] == 0.75 and logged["rollout/cut_requests"] == 0.2
+    assert logged["rollout/rtr"] == pytest.approx(((64 + 64) / 256 + 64 / 256 * 2 + (64 + 256) / 256 + 64 / 256) / 5)

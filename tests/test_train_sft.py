@@ -24,7 +24,7 @@ def test_sft_lowers_the_loss_and_logs_the_run():
     assert len(losses) >= 5 and losses[-1] < 0.5 * losses[0]
     assert any(r.get("request_token_accuracy", 0) > 0.9 for r in records)
     val = [r for r in records if "val/accuracy" in r]
-    assert val and {"val/request_rate", "val/rtr", "val/parse_failures", "val/n"} <= set(val[-1])
+    assert val and {"val/request_rate", "val/rtr", "val/parse_rate", "val/n"} <= set(val[-1])
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["config"]["kind"] == "sft" and cfg["config"]["request_weight"] == 5.0 and cfg["config"]["seed"] == 0
     assert cfg["resolved"]["placement"]["dtype"] == "float32" and cfg["resolved"]["n_train"] == 3

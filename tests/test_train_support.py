@@ -99,7 +99,7 @@ def hr_policy() -> Path:
 
     cfg = SFTRunConfig(model=str(tiny_base()), data=str(fixed_request_trajectories()), output=str(root() / "hr"),
                        lr=2e-2, max_steps=100, val_data=str(ground_truth_trajectories()), val_samples=2,
-                       eval_max_new_tokens=24, logging_steps=10, save_strategy="no", eval_metric="exact")
+                       max_new_tokens=24, logging_steps=10, save_strategy="no", eval_metric="exact")
     with one_thread():
         return train_sft(cfg, log=lambda *a: None)
 

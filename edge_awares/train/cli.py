@@ -31,6 +31,8 @@ def _common(f):
         click.option("--val-samples", type=int, help="Validation questions per evaluation (through Session)."),
         click.option("--eval-metric", help="Validation accuracy metric: anls, exact, relaxed, embedding."),
         click.option("--eval-steps", type=int, help="Evaluate every N steps (0: at the end only)."),
+        click.option("--max-new-tokens", type=int,
+                     help="Tokens one turn may generate in rollouts and validation (default: the runtime's, 64)."),
         click.option("--lora/--full", "lora", default=None, help="LoRA on the language model (default) or full."),
         click.option("--lora-rank", type=int),
         click.option("--lora-alpha", type=int),
@@ -111,7 +113,6 @@ def sft(recipe, threads, **flags):
 @click.option("--loss-type", help="grpo (default; TRL's own default is dapo), dapo, dr_grpo, bnpo.")
 @click.option("--scale-rewards", help="group, batch or none.")
 @click.option("--max-completion-length", type=int, help="Completion budget incl. crop image tokens (default: auto).")
-@click.option("--max-answer-tokens", type=int)
 @click.option("--max-crop-turns", type=int)
 @click.option("--answer-metric", help="R_ans: embedding (default), anls, exact, relaxed.")
 @click.option("--alpha-miss", type=float, help="Cost of an HR sample answered without a request (default 2).")

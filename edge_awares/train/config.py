@@ -44,7 +44,10 @@ class RunConfig:
     val_samples: int = 32  # at most this many validation samples per evaluation (through Session, greedy)
     eval_metric: str = "anls"
     eval_steps: int = 0  # evaluate every N optimizer steps (0: at the end only)
-    eval_max_new_tokens: int = 32
+    # Tokens one turn may generate, in GRPO rollouts and validation sessions alike (None: the runtime's own
+    # default, SessionConfig.max_new_tokens, which an exported engine also records), so training sees the budget
+    # the policy later runs under.
+    max_new_tokens: int | None = None
     lora: bool = True
     lora_rank: int = 8
     lora_alpha: int = 16
@@ -70,7 +73,7 @@ class RunConfig:
 
     RANGES = {
         "val_fraction": BELOW_ONE, "val_samples": COUNT, "eval_steps": COUNT,
-        "eval_max_new_tokens": Range(1, 1 << 16, integer=True), "lora_rank": Range(1, 4096, integer=True),
+        "max_new_tokens": Range(1, 1 << 16, integer=True, optional=True), "lora_rank": Range(1, 4096, integer=True),
         "lora_alpha": Range(1, 1 << 16, integer=True), "lora_dropout": BELOW_ONE,
         "epochs": Range(0.0, 1e4, lo_open=True), "max_steps": Range(1, 10**9, integer=True, also=(-1,)),
         "lr": LEARNING_RATE, "batch_size": BATCH, "grad_accum": BATCH, "warmup_ratio": BELOW_ONE,
@@ -111,6 +114,13 @@ class RunConfig:
             except re.error as e:
                 raise ConfigError(f"--lora-targets is not a valid regex ({e})") from None
         return self
+
+    @property
+    def turn_tokens(self) -> int:
+        """The per-turn generation budget: `max_new_tokens`, else the runtime's default."""
+        from ..session import SessionConfig
+
+        return self.max_new_tokens if self.max_new_tokens is not None else SessionConfig().max_new_tokens
 
     @property
     def run_dir(self) -> Path:
@@ -165,8 +175,7 @@ class GRPORunConfig(RunConfig):
     epsilon: float = 0.2
     loss_type: str = "grpo"
     scale_rewards: str = "group"
-    max_completion_length: int | None = None  # None: the largest data budget (request + whole image + answer)
-    max_answer_tokens: int = 32  # answer budget inside the automatic max_completion_length
+    max_completion_length: int | None = None  # None: the largest data budget (turns of max_new_tokens + whole image)
     max_crop_turns: int = 1  # TRL's max_tool_calling_iterations
     answer_metric: str = "embedding"  # R_ans: embedding (cosine), anls, exact or relaxed
     alpha_miss: float = 2.0  # C_tool for an HR sample answered without a request
@@ -177,7 +186,7 @@ class GRPORunConfig(RunConfig):
     RANGES = {
         **RunConfig.RANGES, "num_generations": Range(2, 1024, integer=True), "prompts_per_step": BATCH,
         "beta": Range(0.0, 100.0), "temperature": Range(0.0, 100.0, lo_open=True), "top_p": Range(0.0, 1.0, lo_open=True),
-        "epsilon": Range(0.0, 10.0, lo_open=True), "max_answer_tokens": Range(1, 1 << 16, integer=True),
+        "epsilon": Range(0.0, 10.0, lo_open=True),
         "max_crop_turns": Range(1, 16, integer=True), "alpha_miss": Range(0.0, 1000.0),
         "alpha_use": Range(0.0, 1000.0), "area_lambda": Range(0.0, 1000.0),
         "max_completion_length": Range(16, 1 << 20, integer=True, optional=True),

@@ -1,11 +1,11 @@
-"""Policy evaluation through the one loop (Session): accuracy, request rate, RTR, crop-id histogram and parse
-failures on a validation split. Training runs call it between steps on the model being trained, so the
+"""Policy evaluation through the one loop (Session): accuracy, request and parse rates, RTR, crop-id histogram on a
+validation split. Training runs call it between steps on the model being trained, so the
 figures are those the runtime would produce.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import time
 from dataclasses import dataclass
 
 from ..images import load_image
@@ -14,45 +14,35 @@ from ..session import Sampler, Session
 
 @dataclass(frozen=True)
 class EvalItem:
-    """One validation question: image path, question, acceptable answers, and whether it needs detail (HR)."""
+    """One validation question: image path, question, acceptable answers, whether it needs detail (HR), and the
+    evidence box where the data has one."""
 
     id: str
     image: str
     question: str
     answers: tuple[str, ...]
     hr: bool | None
+    evidence_box: tuple[float, float, float, float] | None = None
 
 
-def evaluate_session(session: Session, items: list[EvalItem], metric, max_new_tokens: int = 32,
+def evaluate_session(session: Session, items: list[EvalItem], metric, max_new_tokens: int | None = None,
                      prefix: str = "val/") -> dict:
-    """Greedy Session runs over `items`; returns flat metrics named `prefix + name`.
+    """Greedy Session runs over `items`; returns flat metrics named `prefix + name`, built by the one aggregation
+    `edge-awares eval` uses (edge_awares.evaluate.summarize; see EvalReport for every figure's definition)."""
+    from ..evaluate import session_record, summarize
 
-    accuracy (mean metric), request_rate (share of runs that asked for crops), hr/lr request rates where labels are
-    known, rtr (true retained-token ratio), parse_failures (per run), crops/<id> (share of runs fetching the crop).
-    """
     if not items:
         return {}
-    scores, requested, rtrs, failures = [], [], [], 0
-    by_label = {True: [], False: []}
-    crops = Counter()
+    records = []
     for it in items:
-        r = session.run(load_image(it.image), it.question, sampler=Sampler(), max_new_tokens=max_new_tokens)
-        scores.append(float(metric(r.answer, list(it.answers))) if it.answers else 0.0)
-        requested.append(r.requested)
-        rtrs.append(r.rtr)
-        failures += r.parse_failures
-        crops.update(set(r.crops))
-        if it.hr is not None:
-            by_label[bool(it.hr)].append(r.requested)
-    n = len(items)
-    out = {"accuracy": sum(scores) / n, "request_rate": sum(requested) / n, "rtr": sum(rtrs) / n,
-           "parse_failures": failures / n, "n": n}
-    for label, name in ((True, "hr_request_rate"), (False, "lr_request_rate")):
-        if by_label[label]:
-            out[name] = sum(by_label[label]) / len(by_label[label])
-    for cid, k in sorted(crops.items()):
-        out[f"crops/{cid}"] = k / n
-    return {prefix + k: v for k, v in out.items()}
+        image = load_image(it.image)
+        t0 = time.perf_counter()
+        r = session.run(image, it.question, sampler=Sampler(), max_new_tokens=max_new_tokens)
+        ms = (time.perf_counter() - t0) * 1e3
+        score = metric(r.answer, list(it.answers)) if it.answers else 0.0
+        records.append(session_record(it.id, it.question, it.answers, r, score, ms, needs_detail=it.hr,
+                                      evidence_box=it.evidence_box))
+    return summarize(records).flat(prefix)
 
 
 __all__ = ["EvalItem", "evaluate_session"]

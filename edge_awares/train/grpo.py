@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import warnings
 from pathlib import Path
 from typing import Literal
 
-from ..chat import check_content, encode, generation_prompt, message_pieces
+from ..chat import check_content, encode
 from ..crops import ALL, CropSet
 from ..data.format import iter_jsonl, read_samples, read_trajectories
 from ..errors import BackendUnavailableError, DataError, TrainError
 from ..images import load_image, read_image_file
 from ..protocols import Parsed, Protocol
 from ..protocols.tool_call import TOOL_NAME
+from ..session import crop_turn_pieces, stop_token_ids
 from ..views import Geometry, View, crop_views, native_view
 from .config import GRPORunConfig
 from .evaluate import EvalItem
@@ -75,10 +75,16 @@ def make_environment(protocol: Protocol, crop_set: CropSet, geometry: Geometry) 
 
     def crop(self, **arguments) -> list:
         # The call goes back through the protocol's own parser, so names, stray keys and bad ids are handled (and
-        # fall back) exactly as the runtime handles them.
-        text = "<tool_call>\n" + json.dumps({"name": TOOL_NAME, "arguments": arguments}) + "\n</tool_call>"
-        parsed = protocol.parse(text, crop_set)
-        if not parsed.is_request:
+        # fall back) exactly as the runtime handles them. From our response parser (make_response_parser) the one
+        # argument is the turn's raw text; any other arguments (a caller naming regions directly) are rendered with
+        # the protocol's own request format first.
+        text = arguments.get(RAW_TEXT)
+        if not isinstance(text, str):
+            regions = arguments.get("regions")
+            regions = [str(r) for r in regions] if isinstance(regions, (list, tuple)) else [str(regions or "")]
+            text = protocol.request_text(regions, crop_set, self.first, self.image)
+        parsed = protocol.parse(text, crop_set)  # "invalid" carries the protocol's fallback crops
+        if not parsed.is_request:  # a turn the parser reads as an answer cannot reach a tool call
             parsed = Parsed("invalid", text, crop_ids=list(protocol.fallback_crops))
         self.parse_failures += int(parsed.kind == "invalid")
         views = protocol.crop_views(parsed, self.image, crop_set, geometry, self.first)
@@ -101,9 +107,47 @@ def make_environment(protocol: Protocol, crop_set: CropSet, geometry: Geometry) 
     return CropEnvironment
 
 
+# ----------------------------------------------------------------------------------------------- the runtime's parser
+RAW_TEXT = "text"  # the one argument our response parser hands the crop tool: the turn's text, to parse again
+
+
+def make_response_parser(protocol: Protocol, crop_set: CropSet, tok, stop_ids) -> callable:
+    """`tokenizer.parse_response` for TRL's tool loop, with the session's rules instead of TRL's template parser:
+    the sampled ids lose their stop token and are decoded as the session decodes them, and `protocol.parse` decides.
+    A request (a valid one, or one that does not parse: the crop tool then fetches the protocol's fallback, the
+    whole image, as the session does) becomes one tool call whose argument is the raw text. So TRL never sees a
+    second copy of the tool-call format, and an unparseable request is served, not dropped as an empty rollout.
+
+    One case differs from the session, and why: a request turn cut off by the per-turn budget (no stop token). The
+    session closes the message and serves it; TRL concatenates token ids and cannot add the closing token, so
+    serving it would train on a layout the runtime never produces. Such a turn is not served: the rollout counts
+    as requested, with no answer (reward: the request's cost, no answer score)."""
+    stop_ids = {int(i) for i in stop_ids}
+
+    def parse_response(ids, prefix=None, tools=None, **_) -> dict:
+        ids = [int(i) for i in ids]
+        stopped = bool(ids) and ids[-1] in stop_ids
+        text = tok.decode(ids[:-1] if stopped else ids)
+        message = {"role": "assistant", "content": text}
+        if stopped and protocol.parse(text, crop_set).is_request:
+            message["tool_calls"] = [{"type": "function", "function": {"name": TOOL_NAME,
+                                                                       "arguments": {RAW_TEXT: text}}}]
+        return message
+
+    return parse_response
+
+
+def install_response_parser(tokenizer, parser) -> None:
+    """Make TRL (1.x) use `parser`: it calls `tokenizer.parse_response` when a `response_template` is set, and
+    otherwise falls back to plain decoding (no tool calls at all). The template string only marks the tokenizer."""
+    tokenizer.response_template = "edge-awares: the protocol's own parser (edge_awares.train.grpo)"
+    tokenizer.parse_response = parser
+
+
 # ----------------------------------------------------------------------------------------------- rewards for TRL
-def final_answer(completion: list[dict], protocol: Protocol) -> str:
-    """The answer of a TRL completion (its messages): the last assistant message, unless it is a tool call."""
+def final_answer(completion: list[dict], protocol: Protocol, crop_set: CropSet) -> str:
+    """The answer of a TRL completion (its messages), by the session's rule: the last assistant turn's answer text,
+    and none when that turn is a request (served or not)."""
     if not completion:
         return ""
     last = completion[-1]
@@ -112,25 +156,26 @@ def final_answer(completion: list[dict], protocol: Protocol) -> str:
     content = last.get("content") or ""
     if isinstance(content, list):
         content = "".join(c.get("text") or "" for c in content if isinstance(c, dict))
-    return protocol.answer_text(content)
+    parsed = protocol.parse(content, crop_set)
+    return "" if parsed.is_request else protocol.answer_text(content)
 
 
-def rollout_stats(completion: list[dict], env) -> dict:
-    """What one rollout did: requested (a tool call, served or not, or a malformed <tool_call>), served (a tool
-    turn followed), dropped (TRL discarded the tool result for overflowing max_completion_length)."""
+def rollout_stats(completion: list[dict], env, protocol: Protocol, crop_set: CropSet) -> dict:
+    """What one rollout did, read with the protocol's parser and the environment's own record: requested (the first
+    turn is a request, parsed or not), served (a tool turn followed), invalid (the request did not parse: the
+    fallback was fetched), cut (a request cut off by the per-turn budget, not served; see make_response_parser),
+    dropped (TRL discarded the tool result for overflowing max_completion_length)."""
     first = completion[0] if completion else {}
     text = first.get("content") if isinstance(first.get("content"), str) else ""
+    requested = bool(text) and protocol.parse(text, crop_set).is_request
     served = any(m.get("role") == "tool" for m in completion)
     calls = getattr(env, "calls", 0)
-    return {
-        "requested": bool(calls or first.get("tool_calls") or "<tool_call>" in (text or "")),
-        "served": served,
-        "dropped": bool(calls) and not served,
-        "malformed": not first.get("tool_calls") and "<tool_call>" in (text or ""),
-    }
+    return {"requested": requested or bool(calls), "served": served, "dropped": bool(calls) and not served,
+            "invalid": bool(getattr(env, "parse_failures", 0)) if served else False,
+            "cut": requested and not first.get("tool_calls")}
 
 
-def make_reward_funcs(cfg: RewardConfig, protocol: Protocol):
+def make_reward_funcs(cfg: RewardConfig, protocol: Protocol, crop_set: CropSet):
     """[answer, tool_cost] reward functions in TRL's signature; TRL sums them (weights 1, 1) into R = R_ans − C_tool
     and logs each under rewards/<name>. The tool-cost function also logs the rollout metrics."""
     from ..data.metrics import get_metric
@@ -139,7 +184,7 @@ def make_reward_funcs(cfg: RewardConfig, protocol: Protocol):
     warned = {"dropped": False}
 
     def answer(prompts, completions, answers=None, **kw):
-        preds = [final_answer(c, protocol) for c in completions]
+        preds = [final_answer(c, protocol, crop_set) for c in completions]
         return answer_scores(preds, answers or [[] for _ in preds], metric)
 
     def tool_cost_reward(prompts, completions, environments=None, hr=None, log_metric=None, **kw):
@@ -147,7 +192,7 @@ def make_reward_funcs(cfg: RewardConfig, protocol: Protocol):
         hr = hr or [None] * len(completions)
         out, stats, rtrs, crops = [], [], [], {}
         for completion, env, label in zip(completions, environments, hr):
-            s = rollout_stats(completion, env)
+            s = rollout_stats(completion, env, protocol, crop_set)
             boxes = [v.box for v in getattr(env, "fetched", [])] if s["served"] else []
             area = requested_area(boxes, env.image.width, env.image.height, cfg.area_unit) if boxes else 0.0
             out.append(-tool_cost(label, s["requested"], area, cfg))
@@ -167,8 +212,10 @@ def make_reward_funcs(cfg: RewardConfig, protocol: Protocol):
         if log_metric is not None:
             log_metric("rollout/request_rate", sum(s["requested"] for s in stats) / n)
             log_metric("rollout/dropped_tool_results", dropped / n)
-            log_metric("rollout/malformed_requests", sum(s["malformed"] for s in stats) / n)
-            log_metric("rollout/parse_failures", sum(getattr(e, "parse_failures", 0) for e in environments) / n)
+            requests = sum(s["requested"] for s in stats)
+            # The same definition as eval's parse_rate: the share of requests that parsed.
+            log_metric("rollout/parse_rate", 1.0 - sum(s["invalid"] for s in stats) / requests if requests else 1.0)
+            log_metric("rollout/cut_requests", sum(s["cut"] for s in stats) / n)
             if rtrs:
                 log_metric("rollout/rtr", sum(rtrs) / len(rtrs))
             for cid, k in sorted(crops.items()):
@@ -197,16 +244,17 @@ def load_items(path: str | Path, image_roots=()) -> list[EvalItem]:
     if isinstance(first, dict) and "label" in first and "messages" in first:
         return [EvalItem(t.id, str(t.image), t.question, tuple(t.answers), t.label == "HR")
                 for t in read_trajectories(p, image_roots)]
-    return [EvalItem(s.id, str(s.image), s.question, tuple(s.answers), s.needs_detail)
+    return [EvalItem(s.id, str(s.image), s.question, tuple(s.answers), s.needs_detail, s.evidence_box)
             for s in read_samples(p, image_roots)]
 
 
 def completion_budget(item: EvalItem, protocol: Protocol, crop_set: CropSet, geometry: Geometry, tok,
-                      answer_tokens: int) -> int:
-    """Completion tokens a rollout needs when it requests the whole image (`all`): the request, the tool turn with
-    the native-size crop, and an answer of `answer_tokens`. TRL counts image tokens in max_completion_length and
-    silently drops a tool result that does not fit. Depends on the image size only (read from the file header)."""
-    return _budget_for_size(_image_size(item.image), protocol, crop_set, geometry, tok, answer_tokens)
+                      turn_tokens: int, crop_turns: int = 1) -> int:
+    """Completion tokens a rollout may need: `crop_turns` requests for the whole image (`all`), each a turn of up to
+    `turn_tokens` followed by the crop turn with the native-size crop, then an answer turn of up to `turn_tokens`.
+    TRL counts image tokens in max_completion_length and silently drops a tool result that does not fit. Depends on
+    the image size only (read from the file header)."""
+    return _budget_for_size(_image_size(item.image), protocol, crop_set, geometry, tok, turn_tokens, crop_turns)
 
 
 def _image_size(path) -> tuple[int, int]:
@@ -226,15 +274,13 @@ def _image_size(path) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=256)
-def _budget_for_size(size, protocol, crop_set, geometry, tok, answer_tokens) -> int:
+def _budget_for_size(size, protocol, crop_set, geometry, tok, turn_tokens, crop_turns) -> int:
     from PIL import Image
 
     image = Image.new("RGB", size)  # geometry depends on the size alone
-    first = protocol.first_view(image, geometry)
-    request = protocol.request_text([ALL], crop_set, first, image)
     views = crop_views(image, crop_set, [ALL], geometry)
-    turn = ["\n"] + message_pieces(protocol.crop_turn(views, ""), prev_role="assistant")
-    return len(tok.encode_markup(request)) + 1 + len(encode(turn + generation_prompt(), tok)) + answer_tokens + 1
+    crop_turn = len(encode(crop_turn_pieces(protocol, views, ""), tok))  # the session's own crop-turn layout
+    return crop_turns * (turn_tokens + crop_turn) + turn_tokens
 
 
 def prompt_messages(protocol: Protocol, crop_set: CropSet) -> list[dict]:
@@ -275,6 +321,9 @@ def grpo_args(cfg: GRPORunConfig, placement, max_completion_length: int):
         logging_steps=cfg.logging_steps, logging_first_step=True, save_strategy=cfg.save_strategy,
         save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, seed=cfg.seed, data_seed=cfg.seed,
         bf16=placement.bf16, use_cpu=placement.use_cpu, **checkpointing(GRPOConfig, cfg.gradient_checkpointing),
+        # Every turn (the request, each answer) gets the session's per-turn budget; TRL's default would give each
+        # turn the whole max_completion_length.
+        generation_kwargs={"max_new_tokens": cfg.turn_tokens},
         remove_unused_columns=False, report_to="none", use_vllm=False, log_completions=False,
         dataloader_num_workers=0, disable_tqdm=False,
     )
@@ -303,7 +352,8 @@ def train_grpo(cfg: GRPORunConfig, log=print, callbacks: list | None = None) -> 
         train, val = items, load_items(cfg.val_data, cfg.image_roots)
     else:
         train, val = split_items(items, cfg.val_fraction, cfg.seed)
-    need = max(completion_budget(it, protocol, crop_set, geometry, tok, cfg.max_answer_tokens) for it in train)
+    need = max(completion_budget(it, protocol, crop_set, geometry, tok, cfg.turn_tokens, cfg.max_crop_turns)
+               for it in train)
     max_completion = cfg.max_completion_length or need
     if max_completion < need:
         raise TrainError(f"max_completion_length={max_completion} is below the {need} tokens a request for the whole "
@@ -312,6 +362,7 @@ def train_grpo(cfg: GRPORunConfig, log=print, callbacks: list | None = None) -> 
     dataset = build_dataset(train, protocol, crop_set, control_texts=tuple(tok.added_tokens()))
     processor = make_processor(info.path, geometry)
     processor.tokenizer.padding_side = "left"  # GRPO generates from left-padded prompts
+    install_response_parser(processor.tokenizer, make_response_parser(protocol, crop_set, tok, stop_token_ids(tok)))
 
     model, peft_config = load_policy_model(cfg, placement)
     args = grpo_args(cfg, placement, max_completion)
@@ -323,12 +374,12 @@ def train_grpo(cfg: GRPORunConfig, log=print, callbacks: list | None = None) -> 
                               "resume_from": str(resume_from) if resume_from else None})
     runlog.write_versions()
     evaluator = make_evaluator(val[: cfg.val_samples], protocol, crop_set, info.geometry, tok, cfg.eval_metric,
-                               cfg.eval_max_new_tokens, cfg.max_context)
+                               cfg.turn_tokens, cfg.max_context)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is flagged experimental
     from trl import GRPOTrainer
 
     trainer = GRPOTrainer(
-        model=model, reward_funcs=make_reward_funcs(cfg.reward_config(), protocol), args=args,
+        model=model, reward_funcs=make_reward_funcs(cfg.reward_config(), protocol, crop_set), args=args,
         train_dataset=dataset, processing_class=processor, peft_config=peft_config,
         environment_factory=make_environment(protocol, crop_set, geometry),
         callbacks=make_callbacks(runlog, evaluator, cfg.eval_steps) + list(callbacks or []))
@@ -338,5 +389,6 @@ def train_grpo(cfg: GRPORunConfig, log=print, callbacks: list | None = None) -> 
     return finish_run(trainer, cfg, run, runlog, "grpo")
 
 
-__all__ = ["make_environment", "make_reward_funcs", "final_answer", "rollout_stats", "load_items",
+__all__ = ["make_environment", "make_response_parser", "install_response_parser", "make_reward_funcs", "final_answer",
+           "rollout_stats", "load_items",
            "completion_budget", "build_dataset", "prompt_messages", "grpo_args", "train_grpo"]

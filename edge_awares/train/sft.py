@@ -174,7 +174,7 @@ def train_sft(cfg: SFTRunConfig, log=print, callbacks: list | None = None) -> Pa
                               "trl_args": args.to_dict()})
     runlog.write_versions()
     evaluator = make_evaluator(eval_items(val[: cfg.val_samples]), protocol, crop_set, info.geometry,
-                               TextTokenizer.from_file(info.path), cfg.eval_metric, cfg.eval_max_new_tokens,
+                               TextTokenizer.from_file(info.path), cfg.eval_metric, cfg.turn_tokens,
                                cfg.max_context)
     trainer = sft_trainer_class()(
         model=model, args=args, data_collator=collator, train_dataset=dataset, processing_class=processor,
