@@ -184,3 +184,24 @@ def test_steptime_architectures_have_the_published_size(arch, billions):
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration(arch_config(arch)[0])
     assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, abs=0.02)
+
+
+def test_vllm_mode_is_refused_where_it_cannot_run(tmp_path):
+    """TRL's vLLM rollouts need a CUDA GPU and vllm; without them the run stops before loading anything."""
+    import torch
+
+    from edge_awares.errors import ConfigError
+    from edge_awares.train.grpo import grpo_args, vllm_args
+    from edge_awares.train.checkpoint import Placement
+
+    model, data = str(hr_policy()), str(fixed_request_trajectories())
+    cfg = GRPORunConfig(model=model, data=data, output=str(tmp_path / "g"), vllm="colocate").validate()
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the refusal is for machines without one")
+    with pytest.raises(ConfigError, match="CUDA GPU"):
+        vllm_args(cfg)
+    with pytest.raises(ConfigError, match="vllm mode"):
+        GRPORunConfig(model=model, data=data, output=str(tmp_path / "o"), vllm="fast").validate()
+    off = grpo_args(GRPORunConfig(model=model, data=data, output=str(tmp_path / "o")).validate(),
+                    Placement("cpu", "float32", False, True), 512)
+    assert not off.use_vllm

@@ -190,10 +190,15 @@ def start_run(cfg) -> RunStart:
     from ..protocols import get_protocol
     from .runlog import check_policy
 
+    from . import dist
+
     cfg.validate()
-    resume_from = prepare_output(cfg.output, cfg.resume, cfg.overwrite,
-                                 inputs=(cfg.model, cfg.data, cfg.val_data))
     placement = resolve_placement(cfg.precision)
+    dist.start(placement.use_cpu)
+    # Under `accelerate launch` rank 0 checks and prepares the output folder; the others take its answer.
+    resume = dist.on_main(lambda: prepare_output(cfg.output, cfg.resume, cfg.overwrite,
+                                                 inputs=(cfg.model, cfg.data, cfg.val_data)))
+    resume_from = Path(resume) if resume else None
     info = read_checkpoint(cfg.model)
     protocol, crop_set = get_protocol(cfg.protocol), get_crop_set(cfg.crop_set)
     check_policy(cfg.model, protocol, crop_set)
@@ -216,8 +221,38 @@ def finish_run(trainer, cfg, run: RunStart, runlog, stage: str) -> Path:
     """Train (resuming if asked), merge into a plain Hugging Face folder and record the policy it speaks."""
     from .runlog import write_policy
 
+    from . import dist
+
     trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
-    save_merged(trainer.model, cfg.output, cfg.model)
-    write_policy(cfg.output, run.protocol, run.crop_set, cfg.model, stage)
-    runlog.log({"event": "saved", "step": trainer.state.global_step, "output": str(cfg.output)})
+    model = trainer.model
+    if dist.sharded():  # FSDP / ZeRO-3: gather the full weights (a collective: every rank takes part)
+        model = _gathered(trainer, cfg)
+    if dist.is_main():
+        save_merged(model, cfg.output, cfg.model)
+        write_policy(cfg.output, run.protocol, run.crop_set, cfg.model, stage)
+        runlog.log({"event": "saved", "step": trainer.state.global_step, "output": str(cfg.output),
+                    "processes": dist.world_size()})
+    dist.barrier()  # no rank reports success before the model is on disk
     return Path(cfg.output)
+
+
+def _gathered(trainer, cfg):
+    """The trained model with its full weights on rank 0, for a sharded run (FSDP or DeepSpeed ZeRO-3): the
+    accelerator gathers the state dict (every rank takes part), and rank 0 loads it into a fresh, unsharded copy of
+    the policy (with the same LoRA adapters, which save_merged then merges). Other ranks get None.
+    Not exercised here: sharding needs GPUs, and CI has none (the DDP path is tested on CPU; see dist.py)."""
+    from . import dist
+
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    if not dist.is_main():
+        return None
+    model, peft_config = load_policy_model(cfg, resolve_placement("fp32"))
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or missing:
+        raise TrainError(f"the gathered weights do not fit the policy: {len(missing)} missing (e.g. "
+                         f"{missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+    return model

@@ -119,6 +119,7 @@ def sft(recipe, threads, **flags):
 @click.option("--alpha-use", type=float, help="Cost of any request (default 0.25) ...")
 @click.option("--area-lambda", type=float, help="... plus this times the requested area (default 0.01).")
 @click.option("--area-unit", help="Requested area in percent (default) or fraction of the image.")
+@click.option("--vllm", help="Rollouts on TRL's vLLM: off (default), colocate or server (GPU and vllm needed).")
 def grpo(recipe, threads, **flags):
     """Multi-turn GRPO with crop rollouts; writes a merged Hugging Face checkpoint to -o."""
     from .config import GRPORunConfig

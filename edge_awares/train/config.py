@@ -158,6 +158,9 @@ class SFTRunConfig(RunConfig):
               "max_length": Range(64, 1 << 20, integer=True, optional=True)}
 
 
+VLLM_MODES = ("off", "colocate", "server")
+
+
 @dataclass(frozen=True)
 class GRPORunConfig(RunConfig):
     """Multi-turn GRPO over crop rollouts (DESIGN.md §1 Training c). TRL's own defaults differ (loss 'dapo',
@@ -182,6 +185,9 @@ class GRPORunConfig(RunConfig):
     alpha_use: float = 0.25  # C_tool for any request ...
     area_lambda: float = 0.01  # ... plus lambda * requested area
     area_unit: str = "percent"  # requested area: percent (0-100) or fraction (0-1) of the image, summed over crops
+    # Rollout generation: "off" (transformers' generate, in the trainer's process) or TRL's vLLM modes, "colocate"
+    # (vLLM in each training process) or "server" (a `trl vllm-serve` process). GPU only; see grpo.py.
+    vllm: str = "off"
 
     RANGES = {
         **RunConfig.RANGES, "num_generations": Range(2, 1024, integer=True), "prompts_per_step": BATCH,
@@ -205,6 +211,8 @@ class GRPORunConfig(RunConfig):
             raise ConfigError(f"unknown answer metric {self.answer_metric!r}; legal: {', '.join(EVAL_METRICS)}")
         if self.area_unit not in AREA_UNITS:
             raise ConfigError(f"unknown area unit {self.area_unit!r}; legal: {', '.join(AREA_UNITS)}")
+        if self.vllm not in VLLM_MODES:
+            raise ConfigError(f"unknown vllm mode {self.vllm!r}; legal: {', '.join(VLLM_MODES)}")
         return self
 
     def reward_config(self):

@@ -20,7 +20,7 @@ from typing import Literal
 from ..chat import check_content, encode
 from ..crops import ALL, CropSet
 from ..data.format import iter_jsonl, read_samples, read_trajectories
-from ..errors import BackendUnavailableError, DataError, TrainError
+from ..errors import BackendUnavailableError, ConfigError, DataError, TrainError
 from ..images import load_image, read_image_file
 from ..protocols import Parsed, Protocol
 from ..protocols.tool_call import TOOL_NAME
@@ -322,11 +322,33 @@ def grpo_args(cfg: GRPORunConfig, placement, max_completion_length: int):
         save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, seed=cfg.seed, data_seed=cfg.seed,
         bf16=placement.bf16, use_cpu=placement.use_cpu, **checkpointing(GRPOConfig, cfg.gradient_checkpointing),
         # Every turn (the request, each answer) gets the session's per-turn budget; TRL's default would give each
-        # turn the whole max_completion_length.
-        generation_kwargs={"max_new_tokens": cfg.turn_tokens},
-        remove_unused_columns=False, report_to="none", use_vllm=False, log_completions=False,
+        # turn the whole max_completion_length. (vLLM's SamplingParams name it max_tokens.)
+        generation_kwargs={"max_tokens" if cfg.vllm != "off" else "max_new_tokens": cfg.turn_tokens},
+        **vllm_args(cfg),
+        remove_unused_columns=False, report_to="none", log_completions=False,
         dataloader_num_workers=0, disable_tqdm=False,
     )
+
+
+def vllm_args(cfg: GRPORunConfig) -> dict:
+    """TRL's vLLM settings for `cfg.vllm`, refused up front where they cannot work.
+
+    What the session-loop rollouts need from vLLM, and get through TRL 1.16's tool loop: the tool turn's crop images
+    as multimodal inputs of the follow-up generation (TRL passes them), the per-turn budget as `max_tokens`, the
+    stop at <|im_end|> (the checkpoint's generation config), Qwen2.5-VL's M-RoPE positions computed by vLLM's own
+    model (the same 3-D rule as positions.py), and our response parser (installed on the tokenizer, so it applies
+    whichever engine generated the ids). Not run here: vLLM needs a CUDA GPU, and CI has none."""
+    if cfg.vllm == "off":
+        return {"use_vllm": False}
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--vllm {cfg.vllm}: vLLM generation needs a CUDA GPU; none found (use --vllm off)")
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(f"--vllm {cfg.vllm}: vllm is not installed (pip install vllm, on the GPU machine)")
+    return {"use_vllm": True, "vllm_mode": cfg.vllm}
 
 
 def train_grpo(cfg: GRPORunConfig, log=print, callbacks: list | None = None) -> Path:

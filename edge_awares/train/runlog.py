@@ -42,24 +42,36 @@ class RunLog:
 
     def __init__(self, run_dir: str | Path):
         from ..outputs import ensure_marker
+        from .dist import is_main
 
         self.dir = Path(run_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        ensure_marker(self.dir, "run")  # what lets --overwrite delete this folder (and only such a folder)
         self.metrics_path = self.dir / "metrics.jsonl"
+        self.writes = is_main()  # under `accelerate launch` only rank 0 writes the run's files
+        if self.writes:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            ensure_marker(self.dir, "run")  # what lets --overwrite delete this folder (and only such a folder)
 
     def write_config(self, config, resolved: dict) -> Path:
         """The config as given (validated) and what it resolved to (device, precision, TRL arguments, sizes)."""
         path = self.dir / "config.json"
+        if not self.writes:
+            return path
+        from .dist import world_size
+
+        resolved = {**resolved, "processes": world_size()}
         path.write_text(json.dumps({"config": config.to_dict(), "resolved": resolved}, indent=1, default=str))
         return path
 
     def write_versions(self) -> Path:
         path = self.dir / "versions.json"
+        if not self.writes:
+            return path
         path.write_text(json.dumps(library_versions(), indent=1))
         return path
 
     def log(self, record: dict) -> None:
+        if not self.writes:
+            return
         record = {"time": round(time.time(), 3), **record}
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record, default=_jsonable) + "\n")
@@ -127,11 +139,20 @@ def make_callbacks(runlog: RunLog, evaluate=None, eval_steps: int = 0):
     class SessionEvalCallback(TrainerCallback):
         def __init__(self):
             self.done_at = -1
+            self.skipped = False
 
         def _run(self, state, model):
-            if state.global_step == self.done_at:
-                return
+            from .dist import sharded
+
+            if state.global_step == self.done_at or not state.is_world_process_zero:
+                return  # validation runs on rank 0 (the model is whole there under DDP; other ranks go on)
             self.done_at = state.global_step
+            if sharded():
+                if not self.skipped:
+                    self.skipped = True
+                    runlog.log({"step": state.global_step, "event": "validation skipped: parameters are sharded "
+                                "(FSDP / ZeRO-3); run edge-awares eval on the saved model"})
+                return
             metrics = evaluate(model)
             if metrics:
                 runlog.log({"step": state.global_step, "epoch": state.epoch, **metrics})

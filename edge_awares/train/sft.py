@@ -45,6 +45,15 @@ def sft_trainer_class():
     from trl import SFTTrainer
 
     class WeightedSFTTrainer(SFTTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # Qwen2.5-VL declares no loss kwargs, so the Trainer would leave num_items_in_batch unset and each
+            # micro-batch (and each DDP rank) would be normalised by its own token count: one batch of 6 would not
+            # equal 3 x grad-accum 2 or 2 processes x 3 (measured: 2% apart). compute_loss below divides by
+            # num_items_in_batch itself, so the Trainer may count the trained tokens over the accumulated batch and
+            # across ranks, and it then leaves the loss unscaled by the accumulation steps.
+            self.model_accepts_loss_kwargs = True
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             weights = inputs.pop("loss_weights", None)
             if weights is None:
