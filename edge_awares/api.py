@@ -64,6 +64,9 @@ def check_limits(max_new_tokens: int | None = None, max_crop_turns: int | None =
 # The demo policy this project trains itself (edge-awares train demo --ship): an int8 ONNX engine of a ~3M-parameter
 # Qwen2.5-VL that reads the card documents of edge_awares.data.cards (examples/cards_*.png).
 DEMO_ENGINE = Path(__file__).resolve().parent / "assets" / "demo-engine"
+# The demo policy's base model (plain protocol, one view): what the paper's baselines run, low-res only and a
+# single native pass.
+DEMO_BASE_ENGINE = Path(__file__).resolve().parent / "assets" / "demo-base-engine"
 
 
 def demo_engine() -> Path | None:
@@ -71,9 +74,15 @@ def demo_engine() -> Path | None:
     return DEMO_ENGINE if (DEMO_ENGINE / "manifest.json").is_file() else None
 
 
-def require_demo_engine() -> str:
+def require_demo_engine(baseline: bool = False) -> str:
     """The shipped demo engine's folder, the default of a command given neither --engine nor --model (profile,
-    eval); ConfigError when this checkout has none."""
+    eval); with `baseline`, the shipped base model's engine instead (eval's --native and --crops none, the
+    paper's baselines). ConfigError when this checkout has none."""
+    if baseline:
+        if not (DEMO_BASE_ENGINE / "manifest.json").is_file():
+            raise ConfigError("the baselines (--native, --crops none) need --engine or --model of a base model: "
+                              "this checkout ships no demo base engine (the shipped demo engine is a crop policy)")
+        return str(DEMO_BASE_ENGINE)
     shipped = demo_engine()
     if shipped is None:
         raise ConfigError("give --engine DIR or --model CKPT (this checkout has no shipped demo engine)")

@@ -296,7 +296,8 @@ def _build(cfg: ExportConfig, info, tmp: Path, log) -> None:
     images, runs = _reference_runs(info, tmp, protocol, cfg, plan)
     for name in backends:
         dev = _compare(name, tmp, images, runs, cfg, plan)
-        backends[name]["verification"] = _gate(name, dev, cfg, crop_set, plan, log)
+        backends[name]["verification"] = _gate(name, dev, cfg, list(dict.fromkeys(r.crops for r in runs)), plan,
+                                                 log)
     size = sum(f["bytes"] for f in manifest["files"].values())
     fp32_size = 4 * src.numel  # the same model as an fp32 engine (a tied table stored once)
     manifest["sizes"] = {"engine_bytes": size, "fp32_bytes": fp32_size, "ratio_to_fp32": size / fp32_size}
@@ -360,7 +361,7 @@ def _build_onnx(cfg: ExportConfig, info, src, text, vshape, vision_precision: st
     return entry, digests, calibration
 
 
-def _gate(backend: str, dev, cfg: ExportConfig, crop_set, plan, log) -> dict:
+def _gate(backend: str, dev, cfg: ExportConfig, policies: list[str], plan, log) -> dict:
     """Hold `backend`'s deviation from the reference to its gate (ExportError / ExportGateError); its verification
     record. ONNX fp32 must reproduce the reference's tokens; every other engine passes its acceptance gate."""
     precision = cfg.precision_for(backend)
@@ -390,7 +391,7 @@ def _gate(backend: str, dev, cfg: ExportConfig, crop_set, plan, log) -> dict:
     record = _dev_record(dev)
     out = {
         "reference": "transformers (PyTorch) fp32", "reference_weights": plan.reference, "question": verify.QUESTION,
-        "crop_policies": list(verify.crop_policies_for(crop_set)), "images": 1 + min(len(cfg.calib_images), 2),
+        "crop_policies": policies, "images": 1 + min(len(cfg.calib_images), 2),
         "max_new_tokens": cfg.verify_tokens, "candidate": record,
         "gate": {"min_top1": top1_min, "max_rel_logit_err": rel_max, "enforced": cfg.gate or exact, "passed": passed},
         # Bounds a re-run of the verification must stay within (tests check them); slack covers thread-count

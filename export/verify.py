@@ -20,12 +20,22 @@ QUESTION = "What is the total written in the top-left box?"
 CROP_POLICIES = ("model", "0,4")
 
 
-def crop_policies_for(crop_set) -> tuple[str, str]:
+NATIVE = "native"  # a verification conversation that starts from the native view (no crop turn)
+
+
+def crop_policies_for(crop_set, protocol=None) -> tuple[str, str]:
     """The model's own policy and two forced crops of `crop_set` (AwaRes's "0,4" where it has them), so the
-    crop turn always runs on top of the kept cache."""
+    crop turn always runs on top of the kept cache. A protocol with no crop tool (plain: a base model) has no
+    crop turn to check; its second conversation is the single native pass instead (the baseline it serves)."""
+    if protocol is not None and not protocol.tools(crop_set):
+        return ("model", NATIVE)
     ids = [i for i in crop_set.ids if i != "all"]
     forced = "0,4" if {"0", "4"} <= set(ids) else ",".join(ids[:2] or ["all"])
     return ("model", forced)
+
+
+def _run_args(policy: str) -> dict:
+    return {"crops": "none", "view": "native"} if policy == NATIVE else {"crops": policy}
 
 
 def fixed_image(width: int = 560, height: int = 420) -> Image.Image:
@@ -105,9 +115,9 @@ def record_reference(reference: Session, images: list[Image.Image] | None = None
     reference can be released before the candidate is loaded."""
     runs = []
     for i, image in enumerate(images or [fixed_image()]):
-        for crops in crop_policies or crop_policies_for(reference.crop_set):
+        for crops in crop_policies or crop_policies_for(reference.crop_set, reference.protocol):
             rec = _Recorder()
-            ref = reference.run(image, question, crops=crops, sampler=rec, max_new_tokens=max_new_tokens)
+            ref = reference.run(image, question, **_run_args(crops), sampler=rec, max_new_tokens=max_new_tokens)
             runs.append(ReferenceRun(crops, i, [t.generated_ids for t in ref.turns], np.asarray(ref.ids), rec.logits))
     return runs
 
@@ -121,7 +131,8 @@ def compare_to_reference(runs: list[ReferenceRun], candidate: Session, images: l
     errs, refmax, top1, positions, gaps = [], [], 0, 0, []
     for run in runs:
         image = images[run.image_index]
-        cand = candidate.run(image, question, crops=run.crops, sampler=_Recorder(), max_new_tokens=max_new_tokens)
+        cand = candidate.run(image, question, **_run_args(run.crops), sampler=_Recorder(),
+                             max_new_tokens=max_new_tokens)
         for rt, ct in zip(run.turns, cand.turns):
             turns_equal.append(rt == ct.generated_ids)
             n = max(len(rt), len(ct.generated_ids))
@@ -130,7 +141,7 @@ def compare_to_reference(runs: list[ReferenceRun], candidate: Session, images: l
         ids_equal.append(len(run.turns) == len(cand.turns) and np.array_equal(run.ids, cand.ids))
         tokens = [t for turn in run.turns for t in turn]
         forced = _Forced(tokens)
-        candidate.run(image, question, crops=run.crops, sampler=forced, max_new_tokens=max_new_tokens)
+        candidate.run(image, question, **_run_args(run.crops), sampler=forced, max_new_tokens=max_new_tokens)
         for r, c, t in zip(run.logits, forced.logits, tokens):
             errs.append(float(np.abs(r - c).max()))
             refmax.append(float(np.abs(r).max()))

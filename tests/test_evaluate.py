@@ -58,16 +58,23 @@ def test_bad_config(tmp_path):
         evaluate(EvalConfig(data=str(tmp_path / "none.jsonl"), model="m"), session=object(), progress=False)
 
 
-def test_no_engine_means_the_shipped_one_but_not_for_the_native_baseline():
-    """Like ask and profile, eval runs the shipped demo engine when given neither --model nor --engine; --native
-    is refused there, since the shipped policy asks for crops a native pass never serves."""
-    from edge_awares.api import DEMO_ENGINE, demo_engine
+def test_no_engine_means_the_shipped_policy_and_for_baselines_the_shipped_base(monkeypatch, tmp_path):
+    """Like ask and profile, eval runs the shipped demo engine when given neither --model nor --engine; the paper's
+    baselines (--native, --crops none) run the shipped base model's engine, and are refused where none ships."""
+    import edge_awares.api as api
 
-    if demo_engine() is None:
+    if api.demo_engine() is None:
         pytest.skip("this checkout has no shipped demo engine")
-    assert EvalConfig(data="x").validate().engine == str(DEMO_ENGINE)
-    with pytest.raises(ConfigError, match="--native needs --engine or --model of a base model"):
+    assert EvalConfig(data="x").validate().engine == str(api.DEMO_ENGINE)
+    assert EvalConfig(data="x", crops="3").validate().engine == str(api.DEMO_ENGINE)
+    base = tmp_path / "base"
+    base.mkdir()
+    monkeypatch.setattr(api, "DEMO_BASE_ENGINE", base)
+    with pytest.raises(ConfigError, match="ships no demo base engine"):
         EvalConfig(data="x", native=True).validate()
+    (base / "manifest.json").write_text("{}")
+    assert EvalConfig(data="x", native=True).validate().engine == str(base)
+    assert EvalConfig(data="x", crops="None").validate().engine == str(base)
 
 
 def test_trainer_validation_and_eval_share_one_aggregation(tmp_path):

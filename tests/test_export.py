@@ -201,3 +201,16 @@ def test_cli_export_profile_and_ask(tiny_ckpt, tmp_path, capsys):
                  "--crops", "0,4", "--max-new-tokens", "4", "--json"]) == 0
     ans = json.loads(capsys.readouterr().out)
     assert ans["crops"] == ["0", "4"] and ans["engine"] == str(eng)
+
+
+def test_a_base_model_engine_is_verified_on_its_native_pass(tiny_ckpt, tmp_path):
+    """A plain-protocol (base model) engine has no crop turn: its verification runs the low-res conversation and
+    the single native pass, and fp32 reproduces the reference's tokens on both."""
+    from edge_awares.export import engine as eng
+
+    out = eng.export_engine(eng.ExportConfig(checkpoint=str(tiny_ckpt), output=str(tmp_path / "base"),
+                                             protocol="plain"), log=lambda m: None)
+    m = load_manifest(out)
+    assert m.protocol().name == "plain"
+    rec = m.verification
+    assert rec["crop_policies"] == ["model", "native"] and rec["fp32"]["tokens_equal"] is True

@@ -168,21 +168,23 @@ def base(output, steps, batch_size, lr, native_share, seed, eval_every, threads,
 
 @train.command("demo")
 @click.option("-o", "--output", default="runs/demo", show_default=True, help="Run folder (stages resume).")
-@click.option("--base-steps", type=int, default=4000, show_default=True)
-@click.option("--n-train", type=int, default=1500, show_default=True)
-@click.option("--n-test", type=int, default=600, show_default=True)
-@click.option("--grpo-steps", type=int, default=120, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--task", help="v1 (one card per page: the shipped engine's task, the default) or v2 (2-4 cards, "
+              "codes on both sides of the low-res legibility threshold, spanning cards).")
+@click.option("--base-steps", type=int, help="Base-model pretraining steps (default: the task's).")
+@click.option("--n-train", type=int, help="Training samples (default 1500).")
+@click.option("--n-test", type=int, help="Held-out samples (default 600).")
+@click.option("--grpo-steps", type=int, help="GRPO steps (default 120).")
+@click.option("--seed", type=int)
 @click.option("--threads", type=int, default=None)
-@click.option("--fresh", is_flag=True, help="Delete OUTPUT first (only a demo run folder of ours) instead of resuming "
-              "its finished stages.")
-@click.option("--ship", is_flag=True, help="Copy the int8 engine into the package (edge_awares/assets/demo-engine).")
-def demo(output, base_steps, n_train, n_test, grpo_steps, seed, threads, fresh, ship):
+@click.option("--fresh", is_flag=True, default=None,
+              help="Delete OUTPUT first (only a demo run folder of ours) instead of resuming its finished stages.")
+@click.option("--ship", is_flag=True, default=None,
+              help="Copy the policy's int8 engine and the base model's into the package (edge_awares/assets/).")
+def demo(output, **flags):
     """The whole demo: base model, data, curation, SFT, GRPO, export, evaluation (and --ship)."""
     from .demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(output=output, base_steps=base_steps, n_train=n_train, n_test=n_test, grpo_steps=grpo_steps,
-                     seed=seed, threads=threads, fresh=fresh, ship=ship).validate()
+    cfg = DemoConfig(output=output, **{k: v for k, v in flags.items() if v is not None}).validate()
     run_demo(cfg, log=click.echo)
     click.echo(f"run record: {output}/demo_run.json; results: {output}/eval/demo_eval.md")
 

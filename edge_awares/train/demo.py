@@ -5,15 +5,19 @@
 Stages (each writes a folder under OUT and is skipped when its output already exists, so a stopped run
 resumes; `--fresh` starts over):
 
-1. base/      a ~3M-parameter Qwen2.5-VL trained from scratch on card questions from one view (train/base.py)
-2. data/      card samples: train (curation, SFT, GRPO prompts) and a held-out test split (other seed)
+1. base/      a small Qwen2.5-VL trained from scratch on card questions from one view (train/base.py; the task's
+              preset: ~3M for v1, ~5.6M for v2)
+2. data/      card samples of the task (TASKS): train (curation, SFT, GRPO prompts) and a held-out test split
 3. curate/    the base model answers each train sample at low-res and native; exact-match judge; ground-truth
-              evidence boxes (the generator's) become crop ids
-4. sft/       cold-start SFT on the curated trajectories (tool_call protocol, full fine-tuning)
-5. grpo/      multi-turn GRPO (correctness minus crop cost)
-6. engine-fp32/, engine-int8/   verified ONNX engines of the GRPO policy
+              evidence boxes (the generator's) become crop ids; sft_trajectories.jsonl: a share of the HR ones
+              rewritten to fetch `all` (the task's all_share)
+4. sft/       cold-start SFT on those trajectories (tool_call protocol, full fine-tuning)
+5. grpo/      multi-turn GRPO (correctness minus crop cost), validated through the session every few steps
+6. engine-fp32/, engine-int8/, engine-int4/   verified ONNX engines of the GRPO policy; engine-base-int8/ the
+              base model's (plain protocol: the baselines)
 7. eval/      the held-out split through every configuration (benchmarks/bench_demo.py formats the table)
-8. --ship     copies engine-int8 into edge_awares/assets/demo-engine (what `ask` uses by default)
+8. --ship     copies engine-int8 into edge_awares/assets/demo-engine (what `ask` uses by default) and
+              engine-base-int8 into edge_awares/assets/demo-base-engine (eval's --native and --crops none)
 
 Every stage's settings, seeds, data hashes, timings and metrics land in OUT/demo_run.json.
 """
@@ -24,19 +28,39 @@ import hashlib
 import json
 import shutil
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..ranges import BATCH, LEARNING_RATE, SEED, STEPS, THREADS, Range, check_ranges
+from ..api import DEMO_BASE_ENGINE as ASSET_BASE_ENGINE
 from ..api import DEMO_ENGINE as ASSET_ENGINE
+from ..data.cards import DEMO2, CardsConfig
+from ..errors import ConfigError
+from ..ranges import BATCH, LEARNING_RATE, SEED, STEPS, THREADS, Range, check_ranges
+
+
+# The demo tasks, each with its pages, its base model and the recipes that are the task's own (the one place
+# these defaults live; DemoConfig's None fields take them).
+#   v1: one card per page (the shipped engine): whether to crop follows the question, where is the only card.
+#   v2: data/cards.DEMO2 (2-4 cards, small and large codes, spanning cards): both decisions depend on the image.
+#       The base model is the `small` preset (5.6M), read_share/card_share give more dense reading signal (colour
+#       binding across several cards), and a share of the HR trajectories fetch the whole image so the policy has
+#       seen every kind of crop turn (centre and halves come from the spanning cards' evidence).
+TASKS = {
+    "v1": {"cards": {}, "base_preset": "demo", "base_steps": 4000, "base_read_share": 0.1, "base_card_share": 0.3,
+           "all_share": 0.0},
+    "v2": {"cards": asdict(DEMO2), "base_preset": "small", "base_steps": 10000, "base_read_share": 0.25,
+           "base_card_share": 0.25, "all_share": 0.1},
+}
 
 
 @dataclass
 class DemoConfig:
     output: str = "runs/demo"
+    task: str = "v1"  # the shipped engine's task; v2 is the second demo (issue #13), not yet shipped
     seed: int = 0
     threads: int | None = None
-    base_steps: int = 4000
+    base_steps: int | None = None  # None: the task's
     base_batch: int = 16
     base_lr: float = 1.5e-3
     n_train: int = 1500
@@ -50,21 +74,55 @@ class DemoConfig:
     grpo_lr: float = 5e-5
     grpo_generations: int = 8
     grpo_prompts_per_step: int = 2
+    grpo_eval_steps: int = 20  # validation through the session every N GRPO steps (the curves' accuracy)
     both_wrong: str = "drop"  # curation label when low-res and native answers are both wrong
+    all_share: float | None = None  # share of HR trajectories rewritten to fetch `all` (None: the task's)
     eval_limit: int | None = None
     fresh: bool = False
     ship: bool = False
 
-    RANGES = {"base_steps": STEPS, "base_batch": BATCH, "base_lr": LEARNING_RATE, "n_train": Range(1, 10**7, integer=True),
+    RANGES = {"base_steps": Range(1, 10**9, integer=True, optional=True), "base_batch": BATCH,
+              "base_lr": LEARNING_RATE, "n_train": Range(1, 10**7, integer=True),
               "n_test": Range(1, 10**7, integer=True), "seed": SEED, "train_seed": SEED, "test_seed": SEED,
               "sft_epochs": Range(0.0, 1e4, lo_open=True), "sft_lr": LEARNING_RATE, "sft_batch": BATCH,
               "grpo_steps": STEPS, "grpo_lr": LEARNING_RATE, "grpo_generations": Range(2, 1024, integer=True),
-              "grpo_prompts_per_step": BATCH, "eval_limit": Range(1, 10**7, integer=True, optional=True),
-              "threads": THREADS}
+              "grpo_prompts_per_step": BATCH, "grpo_eval_steps": Range(0, 10**9, integer=True),
+              "all_share": Range(0.0, 1.0, optional=True),
+              "eval_limit": Range(1, 10**7, integer=True, optional=True), "threads": THREADS}
 
     def validate(self) -> "DemoConfig":
+        if self.task not in TASKS:
+            raise ConfigError(f"unknown demo task {self.task!r}; legal: {', '.join(TASKS)}")
         check_ranges(self, self.RANGES)
         return self
+
+    def recipe(self, key: str):
+        """A task setting, unless this config overrides it."""
+        own = {"base_steps": self.base_steps, "all_share": self.all_share}.get(key)
+        return own if own is not None else TASKS[self.task][key]
+
+    @property
+    def cards(self) -> CardsConfig:
+        return CardsConfig(**TASKS[self.task]["cards"])
+
+
+def with_whole_image(trajs: list, share: float, seed: int) -> list:
+    """`trajs` with a seeded `share` of the HR ones rewritten to fetch the whole image (`all`), the answer kept."""
+    import random
+    from dataclasses import replace
+
+    from ..crops import ALL
+    from ..data.format import make_messages
+
+    hr = [i for i, t in enumerate(trajs) if t.label == "HR"]
+    pick = set(random.Random(seed).sample(hr, round(share * len(hr)))) if hr and share > 0 else set()
+    out = []
+    for i, t in enumerate(trajs):
+        if i in pick:
+            t = replace(t, crop_ids=[ALL], messages=make_messages(t.question, t.answers[0], [ALL]),
+                        meta={**t.meta, "rewritten": "all"})
+        out.append(t)
+    return out
 
 
 def _sha(path: Path) -> str:
@@ -115,8 +173,10 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
 
         remove_ours(base, "checkpoint")  # a stopped base run
         timed("base", lambda: train_base(BaseRunConfig(
-            output=str(base), steps=cfg.base_steps, batch_size=cfg.base_batch, lr=cfg.base_lr, seed=cfg.seed,
-            threads=cfg.threads), log=log))
+            output=str(base), steps=cfg.recipe("base_steps"), batch_size=cfg.base_batch, lr=cfg.base_lr,
+            seed=cfg.seed, threads=cfg.threads, preset=cfg.recipe("base_preset"),
+            read_share=cfg.recipe("base_read_share"), card_share=cfg.recipe("base_card_share"),
+            cards=TASKS[cfg.task]["cards"]), log=log))
     _record_base(rec, base)
 
     # 2. data
@@ -126,7 +186,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     for split, (n, seed) in splits.items():
         path = out / "data" / split / "samples.jsonl"
         if not path.is_file():
-            timed(f"data/{split}", lambda: write_cards(path.parent, n=n, seed=seed))
+            timed(f"data/{split}", lambda: write_cards(path.parent, n=n, seed=seed, cfg=cfg.cards))
             rec.stage(f"data/{split}", n=n, seed=seed, samples_sha256=_sha(path))
 
     # 3. curation
@@ -138,6 +198,17 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
             model=str(base), data=str(out / "data" / "train"), out=str(cur), judge="exact", both_wrong=cfg.both_wrong,
             oracle="gt", max_new_tokens=16), progress=False))
         rec.stage("curate", labels=report["labels"], crop_ids=report["crop_ids"], counts=report["counts"])
+    # SFT's trajectories: the curated ones, a share of HR rewritten to fetch the whole image (beside them, so the
+    # image paths resolve alike)
+    sft_data = cur / "sft_trajectories.jsonl"
+    if not sft_data.is_file():
+        from ..data.format import read_trajectories, write_trajectories
+
+        trajs = with_whole_image(read_trajectories(cur / "trajectories.jsonl", (str(out / "data" / "train"),)),
+                                 cfg.recipe("all_share"), cfg.seed)
+        write_trajectories(sft_data, trajs, image_dir=None)
+        rec.stage("sft_data", all_share=cfg.recipe("all_share"),
+                  crop_ids=dict(sorted(Counter(c for t in trajs for c in t.crop_ids).items())))
 
     # 4. SFT
     sft = out / "sft"
@@ -147,7 +218,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
 
         remove_ours(sft, "checkpoint")
         timed("sft", lambda: train_sft(SFTRunConfig(
-            model=str(base), data=str(cur / "trajectories.jsonl"), output=str(sft), lora=False, lr=cfg.sft_lr,
+            model=str(base), data=str(sft_data), output=str(sft), lora=False, lr=cfg.sft_lr,
             image_roots=(str(out / "data" / "train"),),  # the trajectories point at the curated data's images
             epochs=cfg.sft_epochs, batch_size=cfg.sft_batch, warmup_ratio=0.05, seed=cfg.seed, save_strategy="no",
             logging_steps=20, val_fraction=0.05, val_samples=64, eval_metric="exact"), log=log))
@@ -163,7 +234,8 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
             model=str(sft), data=str(out / "data" / "train"), output=str(grpo), lora=False, lr=cfg.grpo_lr,
             max_steps=cfg.grpo_steps, num_generations=cfg.grpo_generations,
             prompts_per_step=cfg.grpo_prompts_per_step, answer_metric="exact", seed=cfg.seed, save_strategy="no",
-            logging_steps=10, val_fraction=0.05, val_samples=64, eval_metric="exact"), log=log))
+            logging_steps=10, val_fraction=0.05, val_samples=64, eval_metric="exact",
+            eval_steps=cfg.grpo_eval_steps), log=log))
 
     for name, folder in (("sft", sft), ("grpo", grpo)):  # the last validation through Session, from the run log
         rec.stage(name, metrics=_last_metrics(folder))
@@ -172,13 +244,17 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     from ..export.engine import ExportConfig, export_engine
 
     calib = [str(p) for p in sorted((out / "data" / "train" / "images").glob("*.png"))[:16]]
-    for precision in ("fp32", "int8"):
-        eng = out / f"engine-{precision}"
+    # the policy at three precisions (int8 ships; int4 is reported), and the base model's int8 engine (ships too:
+    # the baselines' engine, plain protocol)
+    engines = [(f"engine-{p}", grpo, p, None) for p in ("fp32", "int8", "int4")] + [("engine-base-int8", base,
+                                                                                    "int8", "plain")]
+    for name, ckpt, precision, protocol in engines:
+        eng = out / name
         if not (eng / "manifest.json").is_file():
-            timed(f"export/{precision}", lambda: export_engine(ExportConfig(
-                checkpoint=str(grpo), output=str(eng), precision=precision, calib_images=tuple(calib),
-                force=True), log=log))
-            rec.stage(f"export/{precision}", size_bytes=sum(f.stat().st_size for f in eng.rglob("*") if f.is_file()))
+            timed(f"export/{name}", lambda: export_engine(ExportConfig(
+                checkpoint=str(ckpt), output=str(eng), precision=precision, calib_images=tuple(calib),
+                protocol=protocol, force=True), log=log))
+            rec.stage(f"export/{name}", size_bytes=sum(f.stat().st_size for f in eng.rglob("*") if f.is_file()))
 
     # 7. evaluation
     from .demo_eval import evaluate_demo
@@ -189,8 +265,9 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     # 8. ship
     if cfg.ship:
         ship_engine(out / "engine-int8", ASSET_ENGINE)
-        rec.stage("ship", path=str(ASSET_ENGINE))
-        log(f"shipped {out / 'engine-int8'} -> {ASSET_ENGINE}")
+        ship_engine(out / "engine-base-int8", ASSET_BASE_ENGINE)
+        rec.stage("ship", path=str(ASSET_ENGINE), base_path=str(ASSET_BASE_ENGINE))
+        log(f"shipped {out / 'engine-int8'} -> {ASSET_ENGINE}, {out / 'engine-base-int8'} -> {ASSET_BASE_ENGINE}")
     return rec.data
 
 
@@ -226,4 +303,4 @@ def _last_metrics(run_out: Path) -> dict:
     return last
 
 
-__all__ = ["DemoConfig", "run_demo", "ship_engine", "ASSET_ENGINE"]
+__all__ = ["DemoConfig", "TASKS", "run_demo", "ship_engine", "with_whole_image", "ASSET_ENGINE", "ASSET_BASE_ENGINE"]

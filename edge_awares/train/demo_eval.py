@@ -22,6 +22,9 @@ ROWS = (
     ("GRPO policy", "grpo", dict()),
     ("GRPO policy, ONNX fp32", "engine-fp32", dict()),
     ("GRPO policy, ONNX int8 (shipped)", "engine-int8", dict()),
+    ("GRPO policy, ONNX int4", "engine-int4", dict()),
+    ("low-res only (base, ONNX int8 shipped)", "engine-base-int8", dict(crops="none")),
+    ("native single pass (base, ONNX int8 shipped)", "engine-base-int8", dict(native=True)),
 )
 
 
@@ -59,20 +62,21 @@ def evaluate_demo(run_dir: str | Path, results_dir: str | Path | None = None, li
     (res / "demo_eval.json").write_text(json.dumps({"data": data, "rows": rows}, indent=1))
     (res / "demo_eval.md").write_text(markdown_table(rows))
     plot(rows, res / "demo_eval.png")
+    plot_grpo_curves(run / "grpo" / "run" / "metrics.jsonl", res / "grpo_curves.png")
     return rows
 
 
 def markdown_table(rows: list[dict]) -> str:
     pct = lambda x: "–" if x is None else f"{100 * x:.1f}"  # noqa: E731
     lines = ["| configuration | backend | n | accuracy % | detail % | coarse % | RTR | requests % (detail / coarse) "
-             "| parse % | crop ids | median ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| low-res only % | parse % | evidence in crop % | crop ids | median ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         hist = " ".join(f"{k}:{v}" for k, v in r["crop_histogram"].items()) or "–"
         lines.append(f"| {r['name']} | {r['backend']} | {r['n']} | {pct(r['accuracy'])} | {pct(r['accuracy_detail'])} "
                      f"| {pct(r['accuracy_coarse'])} | {r['rtr']:.3f} | {pct(r['request_rate_detail'])} / "
-                     f"{pct(r['request_rate_coarse'])} | {pct(r['parse_rate'])} | {hist} "
-                     f"| {r['latency_ms']['median']:.1f} |")
+                     f"{pct(r['request_rate_coarse'])} | {pct(r.get('lowres_only_rate'))} | {pct(r['parse_rate'])} "
+                     f"| {pct(r.get('evidence_hit_rate'))} | {hist} | {r['latency_ms']['median']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -104,4 +108,41 @@ def plot(rows: list[dict], path: Path) -> Path | None:
     return path
 
 
-__all__ = ["evaluate_demo", "markdown_table", "plot", "ROWS"]
+def plot_grpo_curves(metrics: Path, path: Path) -> Path | None:
+    """Reward, rollout RTR and validation accuracy (through the session) over GRPO steps, from the run log."""
+    if not metrics.is_file():
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    series = {"reward (R_ans - C_tool)": ("reward", []), "rollout RTR": ("rollout/rtr", []),
+              "validation accuracy": ("val/accuracy", []), "validation RTR": ("val/rtr", [])}
+    for r in rows:
+        for _, (key, points) in series.items():
+            if key in r and "step" in r:
+                points.append((r["step"], r[key]))
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), dpi=110)
+    panels = [("reward (R_ans - C_tool)",), ("rollout RTR", "validation RTR"), ("validation accuracy",)]
+    for ax, names in zip(axes, panels):
+        for name in names:
+            points = series[name][1]
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 30 else None,
+                        label=name)
+        ax.set_xlabel("GRPO step")
+        ax.set_title(" / ".join(names), fontsize=9)
+        ax.grid(alpha=0.3)
+        if len(names) > 1:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["evaluate_demo", "markdown_table", "plot", "plot_grpo_curves", "ROWS"]
