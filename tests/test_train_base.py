@@ -163,3 +163,28 @@ def test_token_attributes_on_a_second_demo_page():
     assert not small_only
     got = sorted(int(v) for v in low if v != -100)
     assert set(got) <= set(large_digits) and got  # only large codes' digits, in the 4x4 low-res grid
+
+
+def test_slot_target_names_the_questioned_cards_slot_at_the_last_prompt_token(base_run):
+    """SlotHead reads the position whose output is the first answer token; its class is the card's crop id."""
+    import torch
+
+    from edge_awares.crops import AWARES_CROPS
+    from edge_awares.data.cards import DEMO2, make_card_sample
+    from edge_awares.train.base import Encoder, SlotHead
+
+    enc = Encoder(base_run)
+    s = make_card_sample(4, 2, DEMO2)
+    slot = next(c[0] for c in s.meta["cards"] if c[1] == s.meta["colour"])
+    ex = enc.example(s.image, s.question, s.answers[0], "native", cards=s.meta["cards"], slot=slot)
+    first_answer = ex["labels"].index(next(v for v in ex["labels"] if v != -100))
+    assert ex["slot"] == (first_answer - 1, AWARES_CROPS.ids.index(slot))
+    plain = enc.example(s.image, s.question, s.answers[0], "native")
+    assert "slot" not in enc.batch([plain, plain])  # nothing to read: the key stays out of the model's inputs
+    batch = enc.batch([ex, plain])
+    assert batch["slot"].tolist() == [list(ex["slot"]), [plain["slot"][0], -100]]
+    head = SlotHead(8)
+    torch.nn.init.zeros_(head.slot.bias)
+    hidden = torch.zeros(2, len(ex["ids"]), 8)
+    loss = head.loss(hidden, batch["slot"])  # the unlabelled row is ignored; uniform logits give log(classes)
+    assert float(loss) == pytest.approx(float(torch.log(torch.tensor(float(len(AWARES_CROPS.ids))))), rel=1e-5)
