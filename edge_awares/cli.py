@@ -228,7 +228,7 @@ def _register_subcommands() -> None:
     Those modules must stay import-light: heavy libraries load inside the command bodies."""
     import importlib
 
-    for name in ("edge_awares.data.cli", "edge_awares.train.cli", "edge_awares.evaluate"):
+    for name in ("edge_awares.data.cli", "edge_awares.train.cli", "edge_awares.evaluate", "edge_awares.serve"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:

@@ -148,11 +148,13 @@ class Session:
 
     def run(self, image: Image.Image, question: str, crops: str | list[str] = "model",
             sampler: Sampler | None = None, max_new_tokens: int | None = None,
-            view: str = "lowres") -> SessionResult:
+            view: str = "lowres", on_token=None) -> SessionResult:
         """Answer `question` about `image`. `crops` overrides the policy: model, none, all, or crop ids.
 
         `view="native"` starts from the native view instead (the single full-resolution pass baseline);
-        crop requests are then not served, as there is nothing finer to fetch.
+        crop requests are then not served, as there is nothing finer to fetch. `on_token(turn, token_id)`, if
+        given, is called for every sampled token as it is decoded (turn: 0 for the first turn, 1.. for crop
+        turns), which is what streaming needs.
         """
         if view not in ("lowres", "native"):
             raise ConfigError(f"unknown first view {view!r}; legal: lowres, native")
@@ -164,6 +166,7 @@ class Session:
         if max_new < 1:
             raise ConfigError("max_new_tokens must be at least 1")
         state = _State(self.backend.new_cache(self.config.max_context))
+        state.on_token = on_token
         native = native_view(image, self.geometry)
         if view == "native":
             first, policy = native, "none"
@@ -262,6 +265,8 @@ class Session:
         for step in range(max_new):
             tid = sampler(logits)
             generated.append(tid)
+            if state.on_token is not None:
+                state.on_token(len(state.turns), tid)
             if tid in self._stop_ids or step == max_new - 1:
                 state.pending = [(tid, 1)]
                 break
@@ -291,6 +296,7 @@ class _State:
         self.mask: list[int] = []
         self.pending: list[tuple[int, int]] = []  # sampled or forced tokens not yet in the cache
         self.turns: list[Turn] = []
+        self.on_token = None  # Session.run's token callback
 
 
 def stop_token_ids(tokenizer: TextTokenizer, stop_tokens=STOP_TOKENS) -> set[int]:

@@ -15,7 +15,7 @@ SCRIPT = import_blocker("torch", "transformers", "tensorflow", "jax", "trl", "pe
     sys.path[:0] = [sys.argv[1]]
     import edge_awares, edge_awares.cli, edge_awares.session, edge_awares.views, edge_awares.protocols
     import edge_awares.chat, edge_awares.positions, edge_awares.images, edge_awares.models, edge_awares.api
-    import edge_awares.runtimes, edge_awares.tiny
+    import edge_awares.runtimes, edge_awares.tiny, edge_awares.serve
     from edge_awares.crops import AWARES_CROPS
     from edge_awares.protocols import get_protocol
     from edge_awares.session import Session
@@ -28,6 +28,10 @@ SCRIPT = import_blocker("torch", "transformers", "tensorflow", "jax", "trl", "pe
     be = ScriptedBackend(tok, ['<tool_call>{"name": "crop", "arguments": {"regions": ["2"]}}</tool_call>', "7"])
     r = Session(be, tok, get_protocol("tool_call"), AWARES_CROPS, Geometry()).run(make_doc(640, 480), "q")
     assert r.answer == "7" and r.crops == ["2"], r
+    from edge_awares.api import demo_engine
+    if demo_engine() is not None:  # the server's app over the shipped engine, built without torch
+        from edge_awares.serve import ServeConfig, create_app
+        create_app(ServeConfig())
     leaked = [m for m in sys.modules if m.split(".")[0] in ("torch", "transformers")]
     assert not leaked, leaked
     from edge_awares.cli import main

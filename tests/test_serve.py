@@ -1,0 +1,205 @@
+"""`edge-awares serve` on a loopback port with the shipped demo engine, driven by the official `openai` client and by
+raw HTTP: completions (plain and streamed), the loop's facts in the extension field, every class of bad request as
+a 4xx in the API's error shape, and a full queue as 503 with Retry-After."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+pytest.importorskip("starlette")
+uvicorn = pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+
+from edge_awares.api import demo_engine  # noqa: E402
+from edge_awares.serve import ServeConfig, create_app  # noqa: E402
+
+if demo_engine() is None:
+    pytest.skip("this checkout has no shipped demo engine", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Server:
+    def __init__(self, cfg: ServeConfig, session=None):
+        self.port = _free_port()
+        self.app = create_app(cfg, session=session)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        t0 = time.time()
+        while not self.server.started:
+            assert time.time() - t0 < 30, "server did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with _Server(ServeConfig()) as s:
+        yield s
+
+
+def _data_uri(path) -> str:
+    return "data:image/png;base64," + base64.b64encode(open(path, "rb").read()).decode()
+
+
+def _page(tmp_path_factory=None):
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1] / "examples" / "cards_b.png"
+
+
+def _messages(question: str, url: str | None = None) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url or _data_uri(_page())}},
+                                         {"type": "text", "text": question}]}]
+
+
+def _post(server, body, raw: bytes | None = None, headers=None):
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(server.url + "/v1/chat/completions", data=data, method="POST",
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, dict(r.headers), json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), json.loads(e.read())
+
+
+def test_the_openai_client_gets_the_answer_and_the_loops_facts(server):
+    """The shipped engine answers the README's example: a code question fetches the card's quadrant."""
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    assert [m.id for m in client.models.list().data] == ["demo-engine"]
+    q = json.loads(open(_page().with_name("cards_questions.jsonl")).readline())
+    reply = client.chat.completions.create(model="demo-engine", messages=_messages(q["question"]), max_tokens=32)
+    assert reply.object == "chat.completion" and reply.choices[0].message.role == "assistant"
+    facts = reply.model_extra["edge_awares"]
+    from edge_awares.api import open_session
+    from edge_awares.images import load_image
+
+    direct = open_session(engine=str(demo_engine())).run(load_image(str(_page())), q["question"])
+    assert reply.choices[0].message.content == direct.answer  # the same loop as `ask`
+    assert facts["crops"] == direct.crops and facts["rtr"] == pytest.approx(direct.rtr)
+    assert reply.usage.prompt_tokens == sum(t["prefill_tokens"] for t in facts["turns"])
+    assert reply.choices[0].finish_reason == "stop"
+
+
+def test_streaming_sends_the_answer_as_it_decodes(server):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    question = "What is the code on the green card?"
+    parts, last = [], None
+    for chunk in client.chat.completions.create(model="demo-engine", messages=_messages(question), stream=True):
+        last = chunk
+        if chunk.choices and chunk.choices[0].delta.content:
+            parts.append(chunk.choices[0].delta.content)
+    whole = client.chat.completions.create(model="demo-engine", messages=_messages(question))
+    assert "".join(parts) == whole.choices[0].message.content and whole.choices[0].message.content
+    assert last.choices[0].finish_reason == "stop" and last.model_extra["edge_awares"]["crops"]
+
+
+@pytest.mark.parametrize("body,status,param", [
+    ({}, 400, "messages"),
+    ({"messages": []}, 400, "messages"),
+    ({"messages": [{"role": "user", "content": "no image here"}]}, 400, "messages"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, 400, "messages[0]"),
+    ({"messages": [{"role": "user", "content": [{"type": "audio", "audio": "x"}]}]}, 400, "messages[0].content[0]"),
+    ({"messages": _messages("q", "http://example.com/a.png")}, 400, "messages[0].content[0]"),
+    ({"messages": _messages("q", "data:image/png;base64,@@@@")}, 400, "messages[0].content[0]"),
+    ({"messages": _messages("q", "data:image/png;base64," + base64.b64encode(b"not an image").decode())}, 400,
+     "messages[0].content[0]"),
+    ({"messages": _messages("q", "file:///etc/passwd")}, 400, "messages[0].content[0]"),
+    ({"messages": _messages("q"), "max_tokens": 0}, 400, "max_tokens"),
+    ({"messages": _messages("q"), "temperature": "hot"}, 400, "temperature"),
+    ({"messages": _messages("q"), "stream": "yes"}, 400, "stream"),
+    ({"messages": _messages("q"), "n": 3}, 400, "n"),
+])
+def test_every_bad_request_is_a_4xx_in_the_apis_error_shape(server, body, status, param):
+    code, _, reply = _post(server, body)
+    assert code == status and set(reply["error"]) == {"message", "type", "param", "code"}
+    assert reply["error"]["param"] == param and reply["error"]["message"]
+
+
+def test_malformed_oversized_and_misrouted_requests(server):
+    code, _, reply = _post(server, None, raw=b"{not json")
+    assert code == 400 and "JSON" in reply["error"]["message"]
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.putrequest("POST", "/v1/chat/completions")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(33 << 20))  # refused on its header, before a byte of the body is read
+    conn.endheaders()
+    r = conn.getresponse()
+    assert r.status == 413 and json.loads(r.read())["error"]["code"] == "request_too_large"
+    conn.close()
+    req = urllib.request.Request(server.url + "/v1/nothing")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 404 and json.loads(e.value.read())["error"]["code"] == "not_found"
+    with urllib.request.urlopen(server.url + "/health", timeout=10) as r:
+        health = json.loads(r.read())
+    assert health["status"] == "ok" and health["queue"]["running"] == 0
+
+
+def test_file_urls_only_under_an_allowed_folder(tmp_path):
+    import shutil
+
+    inside = tmp_path / "pages"
+    inside.mkdir()
+    shutil.copy(_page(), inside / "p.png")
+    with _Server(ServeConfig(allow_dirs=(str(inside),))) as s:
+        code, _, reply = _post(s, {"messages": _messages("Which letter is on the green card?",
+                                                         (inside / "p.png").as_uri())})
+        assert code == 200 and reply["choices"][0]["message"]["content"]
+        code, _, reply = _post(s, {"messages": _messages("q", (tmp_path / "outside.png").as_uri())})
+        assert code == 403 and reply["error"]["type"] == "permission_error"
+
+
+def test_a_full_queue_answers_503_with_retry_after():
+    """One request running, none allowed to wait: the next is refused at once, and the first still completes."""
+    from edge_awares.api import open_session
+
+    session = open_session(engine=str(demo_engine()))
+    gate = threading.Event()
+    real = session.run
+
+    def slow(*a, **kw):
+        gate.wait(30)
+        return real(*a, **kw)
+
+    session.run = slow
+    with _Server(ServeConfig(max_queue=0), session=session) as s:
+        first = {}
+        t = threading.Thread(target=lambda: first.update(r=_post(s, {"messages": _messages("Which letter is on "
+                                                                                            "the green card?")})))
+        t.start()
+        while s.app.state.worker.running == 0:
+            time.sleep(0.02)
+        code, headers, reply = _post(s, {"messages": _messages("q")})
+        assert code == 503 and headers.get("retry-after") == "1" and reply["error"]["code"] == "queue_full"
+        gate.set()
+        t.join(60)
+        assert first["r"][0] == 200
