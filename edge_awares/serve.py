@@ -13,9 +13,13 @@ what the crop loop did (crops, boxes, RTR, per-turn tokens and times) travels in
 Every bad request is a 4xx JSON error in the API's error shape ({"error": {"message", "type", "param", "code"}});
 request and image sizes are checked before anything is decoded. Runs without torch.
 
-Not yet here (issue #15): a prefix cache across questions, follow-up questions that see the earlier turns (a
-follow-up is answered from the conversation's latest image and last user text alone), the page for people, the
-load benchmark.
+Follow-ups: the conversation about an image starts at the last user message carrying one; the exchanges after it
+are rendered as earlier turns (their crop turns are not replayed). A prefix cache (edge_awares/prefix.py,
+`--cache-mb`) keeps the KV of earlier prompts and the vision features of views seen, so a second question on the
+same image, or a follow-up, prefills only its new text; /health reports it.
+
+Not yet here (issue #15): the page for people, the load benchmark, client-disconnect handling beyond finishing the
+running request.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ MAX_IMAGE_PIXELS = 40_000_000
 MAX_QUEUE = 8  # requests waiting beyond the one running
 REQUEST_TIMEOUT_S = 120.0
 MAX_MESSAGES = 64
+DEFAULT_CACHE_MB = 256.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class ServeConfig:
     max_image_bytes: int = MAX_IMAGE_BYTES
     max_image_pixels: int = MAX_IMAGE_PIXELS
     provider: str = "cpu"
+    cache_mb: float = DEFAULT_CACHE_MB  # the prefix cache's budget (0: off)
 
     def validate(self) -> "ServeConfig":
         from .ranges import Range, check_ranges
@@ -61,7 +67,8 @@ class ServeConfig:
                             "timeout_s": Range(0.0, 86400.0, lo_open=True),
                             "max_request_bytes": Range(1024, 1 << 34, integer=True),
                             "max_image_bytes": Range(1024, 1 << 34, integer=True),
-                            "max_image_pixels": Range(1, 1 << 34, integer=True)})
+                            "max_image_pixels": Range(1, 1 << 34, integer=True),
+                            "cache_mb": Range(0.0, 1 << 20)})
         for d in self.allow_dirs:
             if not Path(d).is_dir():
                 raise ConfigError(f"--allow-dir {d}: not a folder")
@@ -94,7 +101,7 @@ class ChatRequest:
     seed: int | None = None
     stream: bool = False
     model: str = ""
-    extra: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)  # earlier (question, answer) pairs about the image
 
 
 def parse_request(body: dict, cfg: ServeConfig) -> ChatRequest:
@@ -106,42 +113,33 @@ def parse_request(body: dict, cfg: ServeConfig) -> ChatRequest:
         raise ApiError(400, "messages must be a non-empty list", param="messages")
     if len(messages) > MAX_MESSAGES:
         raise ApiError(400, f"at most {MAX_MESSAGES} messages", param="messages")
-    question, image_ref = None, None
+    # Each message as (role, text, image url): the conversation about an image starts at the last user message
+    # that carries one; the user/assistant exchanges after it are the follow-up's history.
+    turns = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "developer", "tool"):
             raise ApiError(400, f"messages[{i}] must be an object with a role (system, user, assistant)",
                            param=f"messages[{i}]")
-        if m["role"] != "user":
-            continue
-        texts, content = [], m.get("content")
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            for j, part in enumerate(content):
-                where = f"messages[{i}].content[{j}]"
-                if not isinstance(part, dict):
-                    raise ApiError(400, f"{where} must be an object", param=where)
-                kind = part.get("type")
-                if kind == "text":
-                    if not isinstance(part.get("text"), str):
-                        raise ApiError(400, f"{where}.text must be a string", param=where)
-                    texts.append(part["text"])
-                elif kind == "image_url":
-                    url = part.get("image_url")
-                    url = url.get("url") if isinstance(url, dict) else url
-                    if not isinstance(url, str):
-                        raise ApiError(400, f"{where}.image_url.url must be a string", param=where)
-                    image_ref = (url, where)
-                else:
-                    raise ApiError(400, f"{where}: unsupported content type {kind!r} (text, image_url)", param=where)
-        else:
-            raise ApiError(400, f"messages[{i}].content must be a string or a list of parts", param=f"messages[{i}]")
-        question = " ".join(t.strip() for t in texts if t.strip())
-    if not question:
-        raise ApiError(400, "the last user message holds no question text", param="messages")
-    if image_ref is None:
+        if m["role"] in ("user", "assistant"):
+            turns.append((m["role"], *_content(m, i)))
+    starts = [k for k, (role, _, image) in enumerate(turns) if role == "user" and image is not None]
+    if not starts:
         raise ApiError(400, "no image: a user message needs an image_url part", param="messages")
-    req = ChatRequest(question=question, image=load_image_url(*image_ref, cfg), model=str(body.get("model") or ""))
+    conv = turns[starts[-1]:]
+    if conv[-1][0] != "user" or not conv[-1][1]:
+        raise ApiError(400, "the last message must be a user message with question text", param="messages")
+    question, image_ref = conv[-1][1], conv[0][2]
+    history, pending = [], None
+    for role, text, _ in conv[:-1]:
+        if role == "user":
+            pending = text if pending is None else f"{pending} {text}".strip()
+        elif pending is not None:
+            history.append((pending, text))
+            pending = None
+    if pending:  # two user messages in a row end the conversation: their texts form the question
+        question = f"{pending} {question}"
+    req = ChatRequest(question=question, image=load_image_url(*image_ref, cfg), model=str(body.get("model") or ""),
+                      history=history)
     req.max_tokens = _number(body, "max_tokens", int, 1, 1 << 16)
     if req.max_tokens is None:
         req.max_tokens = _number(body, "max_completion_tokens", int, 1, 1 << 16)
@@ -158,6 +156,34 @@ def parse_request(body: dict, cfg: ServeConfig) -> ChatRequest:
     if n != 1:
         raise ApiError(400, "n must be 1 (one answer per request)", param="n")
     return req
+
+
+def _content(m: dict, i: int) -> tuple[str, tuple[str, str] | None]:
+    """A message's text (its text parts joined) and its image URL with where it was (or None)."""
+    texts, image, content = [], None, m.get("content")
+    if isinstance(content, str):
+        texts.append(content)
+    elif isinstance(content, list):
+        for j, part in enumerate(content):
+            where = f"messages[{i}].content[{j}]"
+            if not isinstance(part, dict):
+                raise ApiError(400, f"{where} must be an object", param=where)
+            kind = part.get("type")
+            if kind == "text":
+                if not isinstance(part.get("text"), str):
+                    raise ApiError(400, f"{where}.text must be a string", param=where)
+                texts.append(part["text"])
+            elif kind == "image_url":
+                url = part.get("image_url")
+                url = url.get("url") if isinstance(url, dict) else url
+                if not isinstance(url, str):
+                    raise ApiError(400, f"{where}.image_url.url must be a string", param=where)
+                image = (url, where)
+            else:
+                raise ApiError(400, f"{where}: unsupported content type {kind!r} (text, image_url)", param=where)
+    elif content is not None or m.get("role") == "user":
+        raise ApiError(400, f"messages[{i}].content must be a string or a list of parts", param=f"messages[{i}]")
+    return " ".join(t.strip() for t in texts if t.strip()), image
 
 
 def _number(body: dict, key: str, kind, lo, hi):
@@ -236,7 +262,7 @@ class Worker:
             try:
                 sampler = Sampler(temperature=req.temperature, top_p=req.top_p, seed=req.seed)
                 result = self.session.run(req.image, req.question, sampler=sampler, max_new_tokens=req.max_tokens,
-                                          on_token=on_token)
+                                          on_token=on_token, history=req.history)
                 self.served += 1
                 return result
             except BaseException:
@@ -257,7 +283,8 @@ def loop_facts(result) -> dict:
             "visual_tokens": result.visual_tokens, "native_visual_tokens": result.native_visual_tokens,
             "requested": result.requested, "parse_failures": result.parse_failures, "protocol": result.protocol,
             "turns": [{"kind": t.kind, "visual_tokens": t.visual_tokens, "prefill_tokens": t.prefill_tokens,
-                       "generated_tokens": len(t.generated_ids), "parsed": t.parsed, "vision_ms": t.vision_ms,
+                       "generated_tokens": len(t.generated_ids), "reused_tokens": t.reused_tokens,
+                       "parsed": t.parsed, "vision_ms": t.vision_ms,
                        "prefill_ms": t.prefill_ms, "decode_ms": t.decode_ms} for t in result.turns]}
 
 
@@ -312,6 +339,13 @@ def create_app(cfg: ServeConfig, session=None):
     engine = cfg.engine or require_demo_engine()
     if session is None:
         session = open_session(engine=engine, provider=cfg.provider)
+    from .prefix import PrefixCache
+    from .session import _snapshots
+
+    cache = PrefixCache(int(cfg.cache_mb * (1 << 20))) if cfg.cache_mb else None
+    if cache is not None:
+        cache.enabled = _snapshots(session.backend.new_cache(8))  # llama.cpp's cache takes no snapshots
+        session.prefix_cache = cache if cache.enabled else None
     model_id = Path(engine).name if engine else "edge-awares"
     worker = Worker(session, cfg.max_queue)
     created = int(time.time())
@@ -320,7 +354,8 @@ def create_app(cfg: ServeConfig, session=None):
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     async def health(request):
-        return JSONResponse({"status": "ok", "engine": str(engine), "model": model_id, "queue": worker.status()})
+        return JSONResponse({"status": "ok", "engine": str(engine), "model": model_id, "queue": worker.status(),
+                             "cache": cache.stats() if cache is not None else {"enabled": False}})
 
     async def models(request):
         return JSONResponse({"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
@@ -452,10 +487,13 @@ def _command():
     @click.option("--timeout", "timeout_s", type=float, default=ServeConfig.timeout_s, show_default=True,
                   help="Seconds per request.")
     @click.option("--provider", default="cpu", show_default=True)
+    @click.option("--cache-mb", type=float, default=ServeConfig.cache_mb, show_default=True,
+                  help="Budget of the prefix cache across questions (KV snapshots and vision features; 0: off).")
     def serve_command(**kw):
         """An OpenAI-compatible HTTP server over one engine (POST /v1/chat/completions, GET /v1/models, /health)."""
         cfg = ServeConfig(allow_dirs=tuple(kw.pop("allow_dirs")), **kw).validate()
-        click.echo(f"serving {cfg.engine or 'the shipped demo engine'} on http://{cfg.host}:{cfg.port}", err=True)
+        click.echo(f"serving {cfg.engine or 'the shipped demo engine'} on http://{cfg.host}:{cfg.port} (prefix cache "
+                   f"budget {cfg.cache_mb:g} MiB)", err=True)
         serve(cfg)
 
     return serve_command

@@ -15,10 +15,11 @@ import numpy as np
 from PIL import Image
 
 from .backend import Backend, run_tokens
-from .chat import IM_END, conversation_pieces, encode, generation_prompt, message_pieces
+from .chat import IM_END, Message, conversation_pieces, encode, generation_prompt, message_pieces
 from .crops import ALL, CropSet
 from .errors import ConfigError, CropError, PromptError
 from .positions import positions_for
+from .prefix import signature, token_length, view_digest
 from .protocols import Parsed, Protocol
 from .tokenizer import TextTokenizer
 from .views import Geometry, View, native_view
@@ -83,6 +84,7 @@ class Turn:
     vision_ms: float
     prefill_ms: float
     decode_ms: float
+    reused_tokens: int = 0  # prompt tokens restored from the prefix cache instead of prefilled
 
 
 @dataclass
@@ -138,8 +140,11 @@ class Session:
     """Runs the loop on one backend. Stateless between calls: each `run` allocates its own cache."""
 
     def __init__(self, backend: Backend, tokenizer: TextTokenizer, protocol: Protocol, crop_set: CropSet,
-                 geometry: Geometry, config: SessionConfig | None = None, stop_tokens=STOP_TOKENS):
-        """`stop_tokens`: the tokens that end a turn (an engine's manifest records its own)."""
+                 geometry: Geometry, config: SessionConfig | None = None, stop_tokens=STOP_TOKENS,
+                 prefix_cache=None):
+        """`stop_tokens`: the tokens that end a turn (an engine's manifest records its own). `prefix_cache`: a
+        prefix.PrefixCache shared across runs (a server's), or None: every run starts from nothing."""
+        self.prefix_cache = prefix_cache
         self.backend, self.tok, self.protocol, self.crop_set = backend, tokenizer, protocol, crop_set
         self.geometry = protocol.geometry(geometry)
         self.config = config or SessionConfig()
@@ -148,13 +153,15 @@ class Session:
 
     def run(self, image: Image.Image, question: str, crops: str | list[str] = "model",
             sampler: Sampler | None = None, max_new_tokens: int | None = None,
-            view: str = "lowres", on_token=None) -> SessionResult:
+            view: str = "lowres", on_token=None, history: list[tuple[str, str]] | None = None) -> SessionResult:
         """Answer `question` about `image`. `crops` overrides the policy: model, none, all, or crop ids.
 
         `view="native"` starts from the native view instead (the single full-resolution pass baseline);
         crop requests are then not served, as there is nothing finer to fetch. `on_token(turn, token_id)`, if
         given, is called for every sampled token as it is decoded (turn: 0 for the first turn, 1.. for crop
-        turns), which is what streaming needs.
+        turns), which is what streaming needs. `history`: earlier (question, answer) pairs about this image in
+        the same conversation, oldest first; the image rides with the first of them, as it did when that question
+        was asked (so a prefix cache finds that request's prompt), and the crop turns they took are not replayed.
         """
         if view not in ("lowres", "native"):
             raise ConfigError(f"unknown first view {view!r}; legal: lowres, native")
@@ -173,7 +180,12 @@ class Session:
         else:
             first = self.protocol.first_view(image, self.geometry)
         system, tools = self.protocol.system_prompt(self.crop_set), self.protocol.tools(self.crop_set)
-        pieces = conversation_pieces(system, tools, [self.protocol.user_turn(first, question)])
+        messages: list[Message] = []
+        for i, (q, a) in enumerate(history or []):
+            messages += [self.protocol.user_turn(first, q) if i == 0 else Message("user", [q]),
+                         Message("assistant", [a])]
+        messages.append(Message("user", [question]) if messages else self.protocol.user_turn(first, question))
+        pieces = conversation_pieces(system, tools, messages)
 
         forced = isinstance(policy, list) or policy == ALL
         turn = self._turn(state, "prompt", pieces, max_new if not forced else 0, sampler)
@@ -231,6 +243,23 @@ class Session:
             memory=self.backend.memory() if hasattr(self.backend, "memory") else None,
         )
 
+    def _encode_images(self, views: list[View]) -> list[np.ndarray]:
+        """Vision features of `views` in one batched call; with a prefix cache, views seen before are not encoded
+        again (a crop fetched by an earlier request, the same image asked about again)."""
+        if not views:
+            return []
+        pc = self.prefix_cache
+        if pc is None:
+            return self.backend.encode_images(views)
+        digests = [view_digest(v) for v in views]
+        feats = [pc.features(d) for d in digests]
+        missing = [i for i, f in enumerate(feats) if f is None]
+        if missing:
+            for i, f in zip(missing, self.backend.encode_images([views[i] for i in missing])):
+                feats[i] = f
+                pc.store_features(digests[i], f)
+        return feats
+
     def _turn(self, state: "_State", kind: str, pieces: list, max_new: int, sampler: Sampler) -> Turn:
         """Prefill what is pending plus `pieces` on the cache, then decode up to `max_new` tokens."""
         enc = encode(pieces, self.tok)
@@ -247,15 +276,28 @@ class Session:
 
         t0 = time.perf_counter()
         all_views = [v for _, v in enc.images]
-        feats = self.backend.encode_images(all_views) if all_views else []
-        t1 = time.perf_counter()
         shift = len(head)
-        images = [(shift + offset, f) for (offset, _), f in zip(enc.images, feats)]
         # positions of the pending head continue the text run, then the new pieces
         head_pos = np.arange(state.next_position, state.next_position + shift, dtype=np.int64)
         body_pos, next_pos = positions_for(enc, state.next_position + shift)
         positions = np.concatenate([np.broadcast_to(head_pos, (3, shift)), body_pos], axis=1)
-        logits = run_tokens(self.backend, ids, images, positions, state.cache)
+        # The prefix cache (a first turn on a fresh cache): restore the longest prefix another request left, then
+        # prefill only the rest. An image is one item of the key, so the restored run never splits one.
+        skip, sig, pc = 0, None, self.prefix_cache
+        if pc is not None and state.cache.length == 0 and not head and _snapshots(state.cache):
+            sig = signature(enc)
+            items, snap = pc.lookup(sig)
+            if snap is not None:
+                skip = token_length(sig, items)
+                state.cache.restore(snap, skip)
+        todo = [(offset, v) for offset, v in enc.images if offset >= skip]
+        feats = self._encode_images([v for _, v in todo])
+        t1 = time.perf_counter()
+        images = [(shift + offset - skip, f) for (offset, _), f in zip(todo, feats)]
+        logits = run_tokens(self.backend, ids[skip:], images, positions[:, skip:], state.cache)
+        if sig is not None:
+            pc.store(sig, state.cache.snapshot(len(ids)), state.cache.snapshot_bytes(len(ids)))
+            pc.account(skip, len(ids) - skip)
         t2 = time.perf_counter()
         state.ids += ids.tolist()
         state.mask += [m for _, m in head] + [0] * len(enc)
@@ -278,9 +320,10 @@ class Session:
         t3 = time.perf_counter()
         text_ids = generated[:-1] if generated and generated[-1] in self._stop_ids else generated
         turn = Turn(
-            kind=kind, visual_tokens=sum(v.n_tokens for v in all_views), prefill_tokens=n_new,
+            kind=kind, visual_tokens=sum(v.n_tokens for v in all_views), prefill_tokens=n_new - skip,
             generated_ids=generated, text=self.tok.decode(text_ids), parsed="", crop_ids=[],
             vision_ms=(t1 - t0) * 1e3, prefill_ms=(t2 - t1) * 1e3, decode_ms=(t3 - t2) * 1e3,
+            reused_tokens=skip,
         )
         state.turns.append(turn)
         return turn
@@ -297,6 +340,11 @@ class _State:
         self.pending: list[tuple[int, int]] = []  # sampled or forced tokens not yet in the cache
         self.turns: list[Turn] = []
         self.on_token = None  # Session.run's token callback
+
+
+def _snapshots(cache) -> bool:
+    """Whether a backend's cache can hand out and take back snapshots (what the prefix cache needs)."""
+    return hasattr(cache, "snapshot") and getattr(cache, "can_snapshot", True)
 
 
 def stop_token_ids(tokenizer: TextTokenizer, stop_tokens=STOP_TOKENS) -> set[int]:

@@ -139,6 +139,8 @@ class OnnxCache:
         self.buffers = [ort.OrtValue.ortvalue_from_numpy(a, device, 0) for a in self._host]
         self._capacity = capacity
         self._length = 0
+        # Snapshots copy the host arrays, which are the buffers themselves only on the CPU provider.
+        self.can_snapshot = device == "cpu"
 
     @property
     def length(self) -> int:
@@ -155,6 +157,23 @@ class OnnxCache:
 
     def advance(self, n: int) -> None:
         self._length += n
+
+    def snapshot(self, n: int) -> list[np.ndarray]:
+        """Copies of the first `n` positions of every layer's keys and values (the prefix cache keeps them)."""
+        if not 0 < n <= self._length:
+            raise ValueError(f"cannot snapshot {n} of a cache of {self._length} tokens")
+        return [h[:, :, :n].copy() for h in self._host]
+
+    def snapshot_bytes(self, n: int) -> int:
+        return sum(h[:, :, :n].nbytes for h in self._host)
+
+    def restore(self, snap: list[np.ndarray], n: int) -> None:
+        """Take back the first `n` positions of a snapshot (of this engine's layout) into an empty cache."""
+        if self._length or n > snap[0].shape[2] or n > self._capacity:
+            raise ValueError(f"cannot restore {n} positions into a cache holding {self._length}")
+        for h, s in zip(self._host, snap):
+            h[:, :, :n] = s[:, :, :n]
+        self._length = n
 
 
 class OnnxBackend(BudgetedBackend):

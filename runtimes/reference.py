@@ -49,6 +49,28 @@ class TorchCache:
     def rewind(self, n: int) -> None:
         self.dc.crop(n)
 
+    def snapshot(self, n: int):
+        """A copy of the cache cut to its first `n` positions (the prefix cache keeps it)."""
+        import copy
+
+        snap = copy.deepcopy(self.dc)
+        snap.crop(n)
+        return snap
+
+    def snapshot_bytes(self, n: int) -> int:
+        layers = getattr(self.dc, "layers", [])
+        per = sum(int(t.element_size() * t[..., :n, :].numel()) for layer in layers
+                  for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
+        return per
+
+    def restore(self, snap, n: int) -> None:
+        import copy
+
+        if self.length:
+            raise ValueError(f"cannot restore into a cache holding {self.length} tokens")
+        self.dc = copy.deepcopy(snap)
+        self.dc.crop(n)
+
 
 class TorchBackend:
     name = "torch"

@@ -203,3 +203,29 @@ def test_a_full_queue_answers_503_with_retry_after():
         gate.set()
         t.join(60)
         assert first["r"][0] == 200
+
+
+def test_follow_ups_reuse_the_cached_prefix_and_health_reports_it(server):
+    """A second question on the same image, then a follow-up in the same conversation: each prefills only its new
+    text (the earlier prompt comes from the prefix cache), and answers as a fresh session with that history."""
+    from edge_awares.api import open_session
+    from edge_awares.images import load_image
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    q1, q2 = "Which letter is on the green card?", "What is the code on the green card?"
+    first = client.chat.completions.create(model="demo-engine", messages=_messages(q1))
+    again = client.chat.completions.create(model="demo-engine", messages=_messages(q1))
+    t = again.model_extra["edge_awares"]["turns"][0]
+    assert t["reused_tokens"] > 300 and t["prefill_tokens"] <= 2  # the whole prompt but its last token
+    conversation = _messages(q1) + [{"role": "assistant", "content": first.choices[0].message.content},
+                                    {"role": "user", "content": q2}]
+    follow = client.chat.completions.create(model="demo-engine", messages=conversation)
+    t = follow.model_extra["edge_awares"]["turns"][0]
+    assert t["reused_tokens"] > 300 and t["prefill_tokens"] < 40  # the earlier answer and the new question only
+    fresh = open_session(engine=str(demo_engine())).run(load_image(str(_page())), q2,
+                                                         history=[(q1, first.choices[0].message.content)])
+    assert follow.choices[0].message.content == fresh.answer
+    with urllib.request.urlopen(server.url + "/health", timeout=10) as r:
+        cache = json.loads(r.read())["cache"]
+    assert cache["enabled"] and cache["hits"] >= 2 and 0 < cache["bytes"] <= cache["budget_bytes"]
+    assert cache["reused_tokens"] > 600
