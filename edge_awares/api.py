@@ -35,6 +35,7 @@ class AskConfig:
     provider: str = "cpu"
     backend: str | None = None  # which backend of the engine folder runs it (None: its default)
     memory_budget: float | None = None  # GiB the engine runtime may plan for (None: its default)
+    max_rtr: float | None = None  # RTR budget of the crop loop (None: none)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "AskConfig":
@@ -49,6 +50,10 @@ class AskConfig:
         MEMORY_BUDGET_GB.check("--memory-budget", self.memory_budget)
         if self.seed is not None:
             SEED.check("--seed", self.seed)
+        if self.max_rtr is not None:
+            from .ranges import Range
+
+            Range(0.0, 64.0, lo_open=True).check("--max-rtr", self.max_rtr)
         parse_crop_policy(self.crops, AWARES_CROPS)
         return self
 
@@ -155,4 +160,4 @@ def ask(cfg: AskConfig, session: Session | None = None) -> SessionResult:
                                overrides={"max_new_tokens": cfg.max_new_tokens, "max_crop_turns": cfg.max_crop_turns,
                                           "max_context": cfg.max_context})
     sampler = Sampler(cfg.temperature, seed=cfg.seed)
-    return session.run(image, cfg.question, crops=cfg.crops, sampler=sampler)
+    return session.run(image, cfg.question, crops=cfg.crops, sampler=sampler, max_rtr=cfg.max_rtr)

@@ -39,6 +39,8 @@ def cli():
               "else 4096).")
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
 @click.option("--seed", type=int, default=None)
+@click.option("--max-rtr", type=float, default=None,
+              help="Budget on the retained-token ratio: requested crops are served in order while they fit.")
 @click.option("--provider", default="cpu", show_default=True, help="Execution provider for --engine.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @backend_option
@@ -47,14 +49,14 @@ def cli():
               help="Write the image with the fetched crops drawn on it (PNG) into an existing folder; never over "
                    "the input, and over an existing file only a PNG of ours.")
 def ask(image, question, model, engine, protocol, crops, max_new_tokens, max_crop_turns, max_context,
-        temperature, seed, provider, backend, memory_budget, as_json, show):
+        temperature, seed, max_rtr, provider, backend, memory_budget, as_json, show):
     """Answer QUESTION about IMAGE: low-res view first, crops only if the policy asks."""
     from .api import AskConfig, ask as run_ask
 
     cfg = AskConfig(image=image, question=question, model=model, engine=engine, protocol=protocol, crops=crops,
                     max_new_tokens=max_new_tokens, max_crop_turns=max_crop_turns, max_context=max_context,
                     temperature=temperature, seed=seed, provider=provider, memory_budget=memory_budget,
-                    backend=backend).validate()
+                    backend=backend, max_rtr=max_rtr).validate()
     if show:
         from .outputs import check_file
 
@@ -262,6 +264,9 @@ def _print_result(out: dict) -> None:
     con.print(f"[bold]Fetched:[/bold] {_fetched(out['crops'], out['boxes'])}")
     con.print(f"[bold]RTR:[/bold] {out['rtr']:.3f} ({out['visual_tokens']} of {out['native_visual_tokens']} "
               f"native visual tokens); AwaRes-eval pixel ratio {out['pixel_ratio']:.3f}")
+    if out.get("max_rtr") is not None:
+        dropped = ", ".join(f"crop id {c}" for c in out.get("budget_dropped") or []) or "nothing"
+        con.print(f"[bold]Budget:[/bold] RTR at most {out['max_rtr']:g}; left out: {dropped}")
     t = Table(box=box.SIMPLE_HEAD, title="per turn (tokens; times in ms)", title_justify="left")
     for name in ("turn", "kind", "vis tok", "in tok", "out tok", "vision", "prefill", "decode"):
         t.add_column(name, no_wrap=True, justify="left" if name == "kind" else "right")

@@ -102,6 +102,7 @@ class ChatRequest:
     stream: bool = False
     model: str = ""
     history: list = field(default_factory=list)  # earlier (question, answer) pairs about the image
+    max_rtr: float | None = None  # the crop loop's budget on the retained-token ratio
 
 
 def parse_request(body: dict, cfg: ServeConfig) -> ChatRequest:
@@ -147,7 +148,8 @@ def parse_request(body: dict, cfg: ServeConfig) -> ChatRequest:
     req.temperature = 0.0 if t is None else t
     p = _number(body, "top_p", float, 0.0, 1.0)
     req.top_p = 1.0 if p is None or p == 0 else p
-    req.seed = _number(body, "seed", int, -(1 << 63), (1 << 63) - 1)
+    req.seed = _number(body, "seed", int, 0, 2**32 - 1)
+    req.max_rtr = _number(body, "max_rtr", float, 1e-6, 64.0)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "stream must be true or false", param="stream")
@@ -262,7 +264,7 @@ class Worker:
             try:
                 sampler = Sampler(temperature=req.temperature, top_p=req.top_p, seed=req.seed)
                 result = self.session.run(req.image, req.question, sampler=sampler, max_new_tokens=req.max_tokens,
-                                          on_token=on_token, history=req.history)
+                                          on_token=on_token, history=req.history, max_rtr=req.max_rtr)
                 self.served += 1
                 return result
             except BaseException:
@@ -282,6 +284,7 @@ def loop_facts(result) -> dict:
     return {"crops": result.crops, "boxes": [list(b) for b in result.boxes], "rtr": result.rtr,
             "visual_tokens": result.visual_tokens, "native_visual_tokens": result.native_visual_tokens,
             "requested": result.requested, "parse_failures": result.parse_failures, "protocol": result.protocol,
+            "max_rtr": result.max_rtr, "budget_dropped": result.budget_dropped,
             "turns": [{"kind": t.kind, "visual_tokens": t.visual_tokens, "prefill_tokens": t.prefill_tokens,
                        "generated_tokens": len(t.generated_ids), "reused_tokens": t.reused_tokens,
                        "parsed": t.parsed, "vision_ms": t.vision_ms,

@@ -103,6 +103,8 @@ class SessionResult:
     mask: np.ndarray = field(repr=False)  # 1 where the model sampled the token
     protocol: str = ""
     memory: dict | None = None  # the backend's budget and what it held (bytes), where it states one
+    max_rtr: float | None = None  # the RTR budget the run was given (None: none)
+    budget_dropped: list[str] = field(default_factory=list)  # requested crops the budget left out
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("ids", "mask")}
@@ -153,7 +155,8 @@ class Session:
 
     def run(self, image: Image.Image, question: str, crops: str | list[str] = "model",
             sampler: Sampler | None = None, max_new_tokens: int | None = None,
-            view: str = "lowres", on_token=None, history: list[tuple[str, str]] | None = None) -> SessionResult:
+            view: str = "lowres", on_token=None, history: list[tuple[str, str]] | None = None,
+            max_rtr: float | None = None) -> SessionResult:
         """Answer `question` about `image`. `crops` overrides the policy: model, none, all, or crop ids.
 
         `view="native"` starts from the native view instead (the single full-resolution pass baseline);
@@ -162,11 +165,16 @@ class Session:
         turns), which is what streaming needs. `history`: earlier (question, answer) pairs about this image in
         the same conversation, oldest first; the image rides with the first of them, as it did when that question
         was asked (so a prefix cache finds that request's prompt), and the crop turns they took are not replayed.
+        `max_rtr`: a budget on the retained-token ratio; requested crops are served in the order the model named
+        them while they fit (the first view counts against it), the rest are dropped and listed in
+        `budget_dropped`; a request none of whose crops fits is left unserved (no answer, as with --crops none).
         """
         if view not in ("lowres", "native"):
             raise ConfigError(f"unknown first view {view!r}; legal: lowres, native")
         if not question or not question.strip():
             raise PromptError("the question is empty")
+        if max_rtr is not None and not (isinstance(max_rtr, (int, float)) and 0 < max_rtr <= 64):
+            raise ConfigError(f"max_rtr={max_rtr!r} is out of range (a ratio in (0, 64])")
         policy = parse_crop_policy(crops, self.crop_set)
         sampler = sampler or Sampler()
         max_new = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
@@ -202,11 +210,24 @@ class Session:
         requested = parsed.is_request
         failures = int(parsed.kind == "invalid")
         fetched: list[View] = []
+        budget_dropped: list[str] = []
 
         for _ in range(self.config.max_crop_turns):
             if not parsed.is_request or policy == "none":
                 break
             views = self.protocol.crop_views(parsed, image, self.crop_set, self.geometry, first)
+            if max_rtr is not None:
+                room = max_rtr * native.n_tokens - first.n_tokens - sum(v.n_tokens for v in fetched)
+                kept = []
+                for v in views:
+                    if v.n_tokens <= room:
+                        kept.append(v)
+                        room -= v.n_tokens
+                    else:
+                        budget_dropped.append(v.crop_id if v.crop_id is not None else "box")
+                views = kept
+                if not views:
+                    break  # nothing fits: the request stays unserved
             fetched += views
             turn = self._turn(state, "crop", crop_turn_pieces(self.protocol, views, question), max_new, sampler)
             parsed = self.protocol.parse(turn.text, self.crop_set)
@@ -241,6 +262,8 @@ class Session:
             mask=np.asarray(state.mask, dtype=np.int8),
             protocol=self.protocol.name,
             memory=self.backend.memory() if hasattr(self.backend, "memory") else None,
+            max_rtr=max_rtr,
+            budget_dropped=budget_dropped,
         )
 
     def _encode_images(self, views: list[View]) -> list[np.ndarray]:

@@ -118,3 +118,22 @@ def test_damaged_checkpoint_with_model_is_one_line(tiny_ckpt, doc_path, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error:")
     assert ("do not fit config.json" if damage == "missing" else "cannot load weights") in err[0]
+
+
+def test_ask_max_rtr_on_the_shipped_engine(capsys):
+    """--max-rtr: the shipped policy's crop for a code question does not fit 0.3, fits 0.5; the summary says so."""
+    from pathlib import Path
+
+    from edge_awares.api import demo_engine
+
+    if demo_engine() is None:
+        pytest.skip("this checkout has no shipped demo engine")
+    page = str(Path(__file__).resolve().parents[1] / "examples" / "cards_b.png")
+    q = "What is the code on the green card?"
+    assert main(["ask", page, q, "--max-rtr", "0.3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["crops"] == [] and out["budget_dropped"] == ["3"] and out["max_rtr"] == 0.3
+    assert main(["ask", page, q, "--max-rtr", "0.5"]) == 0
+    text = capsys.readouterr().out
+    assert "RTR at most 0.5; left out: nothing" in text and "crop id 3" in text
+    assert main(["ask", page, q, "--max-rtr", "0"]) == 2

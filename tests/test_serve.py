@@ -229,3 +229,14 @@ def test_follow_ups_reuse_the_cached_prefix_and_health_reports_it(server):
         cache = json.loads(r.read())["cache"]
     assert cache["enabled"] and cache["hits"] >= 2 and 0 < cache["bytes"] <= cache["budget_bytes"]
     assert cache["reused_tokens"] > 600
+
+
+def test_the_rtr_budget_per_request(server):
+    code, _, reply = _post(server, {"messages": _messages("What is the code on the green card?"), "max_rtr": 0.3})
+    facts = reply["edge_awares"]
+    assert code == 200 and facts["max_rtr"] == 0.3 and facts["crops"] == [] and facts["budget_dropped"] == ["3"]
+    assert facts["rtr"] <= 0.3
+    code, _, reply = _post(server, {"messages": _messages("What is the code on the green card?"), "max_rtr": 0.5})
+    assert code == 200 and reply["edge_awares"]["crops"] == ["3"] and reply["choices"][0]["message"]["content"]
+    code, _, reply = _post(server, {"messages": _messages("q"), "max_rtr": -1})
+    assert code == 400 and reply["error"]["param"] == "max_rtr"

@@ -141,3 +141,26 @@ def test_plain_protocol_never_requests(tok):
     s = Session(be, tok, get_protocol("plain"), AWARES_CROPS, G)
     r = s.run(make_doc(640, 480), "q")
     assert not r.requested and r.answer == "GET_CROPS: ['3']"
+
+
+def test_max_rtr_serves_requested_crops_in_order_while_they_fit():
+    """The budget counts the first view; crops the model named are served in its order until the next does not
+    fit; a request none of whose crops fits stays unserved (no answer)."""
+    from edge_awares.errors import ConfigError
+
+    tok = TextTokenizer(make_tokenizer())
+    call = '<tool_call>{"name": "crop", "arguments": {"regions": ["3", "0", "4"]}}</tool_call>'
+
+    def run(max_rtr):
+        s = Session(ScriptedBackend(tok, [call, "ans"]), tok, get_protocol("tool_call"), AWARES_CROPS, Geometry())
+        return s.run(make_doc(448, 448), "q", max_rtr=max_rtr)
+
+    free = run(None)
+    assert free.crops == ["3", "0", "4"] and free.budget_dropped == [] and free.rtr == pytest.approx(1.0)
+    half = run(0.75)  # low-res 0.25 + two quadrants 0.25 each: the centre crop (0.25) no longer fits
+    assert half.crops == ["3", "0"] and half.budget_dropped == ["4"] and half.rtr <= 0.75 and half.answer == "ans"
+    tight = run(0.3)  # no crop fits beside the low-res view
+    assert tight.crops == [] and tight.budget_dropped == ["3", "0", "4"] and tight.answer == ""
+    assert tight.to_dict()["max_rtr"] == 0.3
+    with pytest.raises(ConfigError, match="max_rtr"):
+        run(0)
