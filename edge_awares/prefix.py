@@ -70,7 +70,7 @@ class PrefixCache:
         self._bytes = 0
         self._lock = threading.Lock()
         self.enabled = True
-        self.counts = {"lookups": 0, "hits": 0, "reused_tokens": 0, "prefilled_tokens": 0, "feature_hits": 0,
+        self.counts = {"lookups": 0, "hits": 0, "image_hits": 0, "reused_tokens": 0, "prefilled_tokens": 0, "feature_hits": 0,
                        "feature_misses": 0, "evictions": 0}
 
     # -- KV prefixes
@@ -91,6 +91,8 @@ class PrefixCache:
                 return 0, None
             self._lru.move_to_end(best)
             self.counts["hits"] += 1
+            if any(isinstance(x, tuple) for x in sig[:best_n]):
+                self.counts["image_hits"] += 1  # the restored prefix holds an image, not just the system prompt
             return best_n, self._lru[best][1].snapshot
 
     def store(self, sig: tuple, snapshot, nbytes: int) -> None:
@@ -140,7 +142,9 @@ class PrefixCache:
             c = dict(self.counts)
             return {"enabled": self.enabled, "budget_bytes": self.budget, "bytes": self._bytes,
                     "kv_entries": kinds.count("kv"), "feature_entries": kinds.count("vision"),
-                    "hit_rate": c["hits"] / c["lookups"] if c["lookups"] else None, **c}
+                    # hit_rate: lookups that restored an image's KV (the system prompt alone is the prefix_hit_rate)
+                    "hit_rate": c["image_hits"] / c["lookups"] if c["lookups"] else None,
+                    "prefix_hit_rate": c["hits"] / c["lookups"] if c["lookups"] else None, **c}
 
 
 def _common(a: tuple, b: tuple) -> int:
