@@ -18,8 +18,10 @@ are rendered as earlier turns (their crop turns are not replayed). A prefix cach
 `--cache-mb`) keeps the KV of earlier prompts and the vision features of views seen, so a second question on the
 same image, or a follow-up, prefills only its new text; /health reports it.
 
-Not yet here (issue #15): the page for people, the load benchmark, client-disconnect handling beyond finishing the
-running request.
+A streaming client that disconnects stops its run at the next token (the engine is free for the next request);
+shutting down (SIGINT/SIGTERM) lets in-flight requests finish, up to --timeout. Load: benchmarks/bench_serve.py.
+
+Not yet here (issue #15): the page for people.
 """
 
 from __future__ import annotations
@@ -244,6 +246,7 @@ class Worker:
         self.waiting = 0
         self.served = 0
         self.failed = 0
+        self.cancelled = 0
         self._guard = threading.Lock()
 
     def admit(self) -> None:
@@ -267,6 +270,9 @@ class Worker:
                                           on_token=on_token, history=req.history, max_rtr=req.max_rtr)
                 self.served += 1
                 return result
+            except Cancelled:
+                self.cancelled += 1
+                raise
             except BaseException:
                 self.failed += 1
                 raise
@@ -276,7 +282,7 @@ class Worker:
 
     def status(self) -> dict:
         return {"running": self.running, "waiting": self.waiting, "limit": self.max_queue, "served": self.served,
-                "failed": self.failed}
+                "failed": self.failed, "cancelled": self.cancelled}
 
 
 def loop_facts(result) -> dict:
@@ -304,16 +310,27 @@ def _finish_reason(result, stop_ids) -> str:
     return "length" if cut else "stop"
 
 
+class Cancelled(Exception):
+    """The client of a streamed request went away: the run stops at its next token and frees the engine."""
+
+
 class AnswerStream:
     """Turns sampled tokens into answer-text deltas: each turn's text goes through the protocol's answer_text, so a
-    request turn (a tool call) shows nothing and the answer streams as it is decoded."""
+    request turn (a tool call) shows nothing and the answer streams as it is decoded. `cancel()` (the client
+    disconnected) stops the run at its next token."""
 
     def __init__(self, session, emit):
         self.tok, self.protocol, self.emit = session.tok, session.protocol, emit
         self.stop_ids = session._stop_ids
         self.turn, self.ids, self.sent = -1, [], ""
+        self._cancel = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancel.set()
 
     def __call__(self, turn: int, token_id: int) -> None:
+        if self._cancel.is_set():
+            raise Cancelled()
         if turn != self.turn:
             self.turn, self.ids, self.sent = turn, [], ""
         if token_id in self.stop_ids:
@@ -420,10 +437,14 @@ def create_app(cfg: ServeConfig, session=None):
                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
             return f"data: {json.dumps(obj)}\n\n"
 
+        stream = AnswerStream(session, emit)
+
         async def job():
             try:
-                result = await asyncio.to_thread(worker.run, req, AnswerStream(session, emit))
+                result = await asyncio.to_thread(worker.run, req, stream)
                 queue.put_nowait(("done", result))
+            except Cancelled:
+                pass  # the client is gone; the engine is free again
             except EdgeAwaresError as e:
                 queue.put_nowait(("error", e))
 
@@ -449,8 +470,9 @@ def create_app(cfg: ServeConfig, session=None):
                     break
             yield "data: [DONE]\n\n"
         finally:
-            if not task.done():
-                await asyncio.shield(task)  # the engine finishes this request before the next one starts
+            if not task.done():  # the client went away (or the deadline passed): stop decoding, free the engine
+                stream.cancel()
+                await asyncio.shield(task)
 
     async def not_found(request, exc):
         return error(ApiError(404, f"no route {request.url.path}", code="not_found"))

@@ -240,3 +240,56 @@ def test_the_rtr_budget_per_request(server):
     assert code == 200 and reply["edge_awares"]["crops"] == ["3"] and reply["choices"][0]["message"]["content"]
     code, _, reply = _post(server, {"messages": _messages("q"), "max_rtr": -1})
     assert code == 400 and reply["error"]["param"] == "max_rtr"
+
+
+def _slow_session(delay_s: float):
+    """The shipped engine's session, sleeping before every sampled token (a long decode to interrupt)."""
+    from edge_awares.api import open_session
+
+    session = open_session(engine=str(demo_engine()))
+    real = session.run
+
+    def slow(*a, on_token=None, **kw):
+        def tick(turn, tid):
+            time.sleep(delay_s)
+            if on_token is not None:
+                on_token(turn, tid)
+        return real(*a, on_token=tick, **kw)
+
+    session.run = slow
+    return session
+
+
+def test_a_client_that_disconnects_mid_stream_frees_the_engine():
+    import http.client
+
+    with _Server(ServeConfig(), session=_slow_session(0.3)) as s:
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+        body = json.dumps({"messages": _messages("What is the code on the green card?"), "stream": True,
+                           "max_tokens": 64})
+        conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        assert r.status == 200 and r.readline().startswith(b"data: ")  # the first chunk arrived
+        worker = s.app.state.worker
+        assert worker.running == 1
+        conn.sock.shutdown(socket.SHUT_RDWR)
+        conn.close()
+        t0 = time.time()
+        while worker.running and time.time() - t0 < 10:
+            time.sleep(0.05)
+        assert worker.running == 0 and worker.cancelled == 1 and time.time() - t0 < 5
+        code, _, reply = _post(s, {"messages": _messages("Which letter is on the green card?")})
+        assert code == 200
+
+
+def test_shutdown_lets_the_in_flight_request_finish():
+    with _Server(ServeConfig(), session=_slow_session(0.05)) as s:
+        done = {}
+        t = threading.Thread(target=lambda: done.update(r=_post(s, {"messages": _messages(
+            "What is the code on the green card?")})))
+        t.start()
+        while s.app.state.worker.running == 0:
+            time.sleep(0.02)
+        s.server.should_exit = True  # what SIGINT/SIGTERM set
+        t.join(60)
+        assert done["r"][0] == 200 and done["r"][2]["choices"][0]["message"]["content"]
