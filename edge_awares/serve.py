@@ -5,7 +5,8 @@
     POST /v1/chat/completions   messages with text and image_url parts (data: URIs; file:// only under --allow-dir),
                                 max_tokens, temperature, seed, stream (server-sent events)
     GET  /v1/models             the engine, as one model
-    GET  /health                status, engine, queue
+    GET  /health                status, engine, queue, prefix cache
+    GET  /                      a page for people: drop an image, ask, see the answer and the crops it fetched
 
 One engine is shared by every request through one worker thread (the runtime keeps one KV buffer); requests wait in
 a bounded queue and are refused with 503 and Retry-After when it is full. The reply is a normal chat completion;
@@ -21,7 +22,7 @@ same image, or a follow-up, prefills only its new text; /health reports it.
 A streaming client that disconnects stops its run at the next token (the engine is free for the next request);
 shutting down (SIGINT/SIGTERM) lets in-flight requests finish, up to --timeout. Load: benchmarks/bench_serve.py.
 
-Not yet here (issue #15): the page for people.
+The page (assets/serve_page.html) is one file with no build step and no external assets.
 """
 
 from __future__ import annotations
@@ -285,9 +286,14 @@ class Worker:
                 "failed": self.failed, "cancelled": self.cancelled}
 
 
-def loop_facts(result) -> dict:
-    """The extension field: what the crop loop did."""
-    return {"crops": result.crops, "boxes": [list(b) for b in result.boxes], "rtr": result.rtr,
+def loop_facts(result, image=None, first=None) -> dict:
+    """The extension field: what the crop loop did (and, given them, the image's and its first view's sizes: the
+    boxes are in image pixels, the page draws them on the first view)."""
+    sizes = {}
+    if image is not None and first is not None:
+        sizes = {"image": {"width": image.width, "height": image.height},
+                 "first_view": {"width": first.width, "height": first.height}}
+    return {**sizes, "crops": result.crops, "boxes": [list(b) for b in result.boxes], "rtr": result.rtr,
             "visual_tokens": result.visual_tokens, "native_visual_tokens": result.native_visual_tokens,
             "requested": result.requested, "parse_failures": result.parse_failures, "protocol": result.protocol,
             "max_rtr": result.max_rtr, "budget_dropped": result.budget_dropped,
@@ -348,7 +354,7 @@ def create_app(cfg: ServeConfig, session=None):
     try:
         from starlette.applications import Starlette
         from starlette.requests import ClientDisconnect, Request
-        from starlette.responses import JSONResponse, StreamingResponse
+        from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
         from starlette.routing import Route
     except ImportError:
         from .errors import BackendUnavailableError
@@ -369,6 +375,14 @@ def create_app(cfg: ServeConfig, session=None):
     model_id = Path(engine).name if engine else "edge-awares"
     worker = Worker(session, cfg.max_queue)
     created = int(time.time())
+
+    def first_view(req: ChatRequest):
+        return session.protocol.first_view(req.image, session.geometry)
+
+    page = (Path(__file__).resolve().parent / "assets" / "serve_page.html").read_text(encoding="utf-8")
+
+    async def index(request):
+        return HTMLResponse(page)
 
     def error(e: ApiError) -> JSONResponse:
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
@@ -423,7 +437,7 @@ def create_app(cfg: ServeConfig, session=None):
             "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model_id,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.answer},
                          "finish_reason": _finish_reason(result, session._stop_ids), "logprobs": None}],
-            "usage": _usage(result), "edge_awares": loop_facts(result)})
+            "usage": _usage(result), "edge_awares": loop_facts(result, req.image, first_view(req))})
 
     async def _stream(req: ChatRequest, rid: str):
         loop = asyncio.get_running_loop()
@@ -466,7 +480,7 @@ def create_app(cfg: ServeConfig, session=None):
                     break
                 else:
                     yield chunk({}, _finish_reason(value, session._stop_ids), usage=_usage(value),
-                                edge_awares=loop_facts(value))
+                                edge_awares=loop_facts(value, req.image, first_view(req)))
                     break
             yield "data: [DONE]\n\n"
         finally:
@@ -480,7 +494,7 @@ def create_app(cfg: ServeConfig, session=None):
     async def bad_method(request, exc):
         return error(ApiError(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed"))
 
-    app = Starlette(routes=[Route("/health", health), Route("/v1/models", models),
+    app = Starlette(routes=[Route("/", index), Route("/health", health), Route("/v1/models", models),
                             Route("/v1/chat/completions", completions, methods=["POST"])],
                     exception_handlers={404: not_found, 405: bad_method})
     app.state.worker = worker

@@ -293,3 +293,46 @@ def test_shutdown_lets_the_in_flight_request_finish():
         s.server.should_exit = True  # what SIGINT/SIGTERM set
         t.join(60)
         assert done["r"][0] == 200 and done["r"][2]["choices"][0]["message"]["content"]
+
+
+def test_the_page_answers_and_draws_the_crops_in_a_real_browser(server):
+    """GET / in headless Chromium (Debian's package, through its chromedriver): choose the example page, type the
+    question, click Ask; the answer and the fetched crop's outline appear on the low-res view."""
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_bin):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        opts.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(driver_bin), options=opts)
+    try:
+        browser.get(server.url + "/")
+        assert browser.title == "edge-awares"
+        browser.find_element(By.ID, "file").send_keys(str(_page()))
+        WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "drop").text == "cards_b.png")
+        browser.find_element(By.ID, "question").send_keys("What is the code on the green card?")
+        browser.find_element(By.ID, "go").click()
+        WebDriverWait(browser, 60).until(lambda b: b.find_element(By.ID, "answer").text not in ("", "…"))
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+        want = client.chat.completions.create(model="demo-engine",
+                                              messages=_messages("What is the code on the green card?"))
+        assert browser.find_element(By.ID, "answer").text == want.choices[0].message.content
+        canvas = browser.find_element(By.ID, "overlay")
+        assert canvas.get_attribute("data-boxes") == "1"  # the card's quadrant, outlined
+        assert "crop 3" in browser.find_element(By.ID, "facts").text
+        # the outline is on the canvas: a red pixel on the quadrant's top edge of the 112-px low-res view
+        pixel = browser.execute_script(
+            "const g = document.getElementById('overlay').getContext('2d');"
+            "return Array.from(g.getImageData(80, 57, 1, 1).data);")
+        assert pixel[:3] == [0xe6, 0x19, 0x4b]
+        assert browser.find_element(By.ID, "turns").text.count("\n") >= 2  # header and both turns
+    finally:
+        browser.quit()
