@@ -271,6 +271,9 @@ def test_a_client_that_disconnects_mid_stream_frees_the_engine():
         r = conn.getresponse()
         assert r.status == 200 and r.readline().startswith(b"data: ")  # the first chunk arrived
         worker = s.app.state.worker
+        t0 = time.time()
+        while worker.running == 0 and time.time() - t0 < 10:  # the run starts on the worker thread
+            time.sleep(0.02)
         assert worker.running == 1
         conn.sock.shutdown(socket.SHUT_RDWR)
         conn.close()
