@@ -142,25 +142,25 @@ def parse_request(body: dict, cfg: ServeConfig) -> ChatRequest:
             pending = None
     if pending:  # two user messages in a row end the conversation: their texts form the question
         question = f"{pending} {question}"
-    req = ChatRequest(question=question, image=load_image_url(*image_ref, cfg), model=str(body.get("model") or ""),
-                      history=history)
-    req.max_tokens = _number(body, "max_tokens", int, 1, 1 << 16)
-    if req.max_tokens is None:
-        req.max_tokens = _number(body, "max_completion_tokens", int, 1, 1 << 16)
+    # Every other field before the image is decoded: a bad number costs no decoding.
+    from .ranges import LIMITS
+
+    lo, hi = LIMITS["max_new_tokens"]
+    max_tokens = _number(body, "max_tokens", int, lo, hi)
+    if max_tokens is None:
+        max_tokens = _number(body, "max_completion_tokens", int, lo, hi)
     t = _number(body, "temperature", float, 0.0, 2.0)
-    req.temperature = 0.0 if t is None else t
     p = _number(body, "top_p", float, 0.0, 1.0)
-    req.top_p = 1.0 if p is None or p == 0 else p
-    req.seed = _number(body, "seed", int, 0, 2**32 - 1)
-    req.max_rtr = _number(body, "max_rtr", float, 1e-6, 64.0)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "stream must be true or false", param="stream")
-    req.stream = stream
-    n = body.get("n", 1)
-    if n != 1:
+    if body.get("n", 1) != 1:
         raise ApiError(400, "n must be 1 (one answer per request)", param="n")
-    return req
+    seed = _number(body, "seed", int, 0, 2**32 - 1)
+    max_rtr = _number(body, "max_rtr", float, 1e-6, 64.0)
+    return ChatRequest(question=question, image=load_image_url(*image_ref, cfg), max_tokens=max_tokens,
+                       temperature=0.0 if t is None else t, top_p=1.0 if p is None or p == 0 else p, seed=seed,
+                       stream=stream, model=str(body.get("model") or ""), history=history, max_rtr=max_rtr)
 
 
 def _content(m: dict, i: int) -> tuple[str, tuple[str, str] | None]:
