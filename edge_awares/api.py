@@ -51,9 +51,9 @@ class AskConfig:
         if self.seed is not None:
             SEED.check("--seed", self.seed)
         if self.max_rtr is not None:
-            from .ranges import Range
+            from .ranges import MAX_RTR
 
-            Range(0.0, 64.0, lo_open=True).check("--max-rtr", self.max_rtr)
+            MAX_RTR.check("--max-rtr", self.max_rtr)
         parse_crop_policy(self.crops, AWARES_CROPS)
         return self
 

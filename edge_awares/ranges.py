@@ -77,6 +77,7 @@ FRACTION = Range(0.0, 1.0)
 BELOW_ONE = Range(0.0, 1.0, hi_open=True)
 LEARNING_RATE = Range(0.0, 10.0, lo_open=True)
 TEMPERATURE = Range(0.0, 100.0)  # 0 = greedy
+MAX_RTR = Range(0.0, 64.0, lo_open=True)  # a budget on the retained-token ratio (ask --max-rtr, serve max_rtr)
 BATCH = Range(1, 1 << 16, integer=True)
 MEMORY_BUDGET_GB = Range(0.0, 1 << 20, lo_open=True, optional=True)  # None: the runtime's default
 

@@ -157,7 +157,14 @@ def parse_request(body: dict, cfg: ServeConfig) -> ChatRequest:
     if body.get("n", 1) != 1:
         raise ApiError(400, "n must be 1 (one answer per request)", param="n")
     seed = _number(body, "seed", int, 0, 2**32 - 1)
-    max_rtr = _number(body, "max_rtr", float, 1e-6, 64.0)
+    max_rtr = body.get("max_rtr")
+    if max_rtr is not None:
+        from .ranges import MAX_RTR
+
+        try:
+            MAX_RTR.check("max_rtr", max_rtr)
+        except ConfigError as e:
+            raise ApiError(400, str(e), param="max_rtr") from None
     return ChatRequest(question=question, image=load_image_url(*image_ref, cfg), max_tokens=max_tokens,
                        temperature=0.0 if t is None else t, top_p=1.0 if p is None or p == 0 else p, seed=seed,
                        stream=stream, model=str(body.get("model") or ""), history=history, max_rtr=max_rtr)

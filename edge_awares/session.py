@@ -139,7 +139,8 @@ def parse_crop_policy(value: str | list[str], crop_set: CropSet) -> str | list[s
 
 
 class Session:
-    """Runs the loop on one backend. Stateless between calls: each `run` allocates its own cache."""
+    """Runs the loop on one backend. Stateless between calls: each `run` allocates its own cache (a prefix cache,
+    where one is given, hands a run the KV of an earlier run's matching prompt)."""
 
     def __init__(self, backend: Backend, tokenizer: TextTokenizer, protocol: Protocol, crop_set: CropSet,
                  geometry: Geometry, config: SessionConfig | None = None, stop_tokens=STOP_TOKENS,
@@ -173,8 +174,10 @@ class Session:
             raise ConfigError(f"unknown first view {view!r}; legal: lowres, native")
         if not question or not question.strip():
             raise PromptError("the question is empty")
-        if max_rtr is not None and not (isinstance(max_rtr, (int, float)) and 0 < max_rtr <= 64):
-            raise ConfigError(f"max_rtr={max_rtr!r} is out of range (a ratio in (0, 64])")
+        if max_rtr is not None:
+            from .ranges import MAX_RTR
+
+            MAX_RTR.check("max_rtr", max_rtr)
         policy = parse_crop_policy(crops, self.crop_set)
         sampler = sampler or Sampler()
         max_new = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
