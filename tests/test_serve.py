@@ -5,7 +5,6 @@ a 4xx in the API's error shape, and a full queue as 503 with Retry-After."""
 from __future__ import annotations
 
 import base64
-import io
 import json
 import socket
 import threading

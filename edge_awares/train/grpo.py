@@ -342,8 +342,6 @@ def vllm_args(cfg: GRPORunConfig) -> dict:
         return {"use_vllm": False}
     import importlib.util
 
-    import torch
-
     if not torch.cuda.is_available():
         raise ConfigError(f"--vllm {cfg.vllm}: vLLM generation needs a CUDA GPU; none found (use --vllm off)")
     if importlib.util.find_spec("vllm") is None:
