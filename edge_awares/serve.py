@@ -330,7 +330,7 @@ class Cancelled(Exception):
 class AnswerStream:
     """Turns sampled tokens into answer-text deltas: each turn's text goes through the protocol's answer_text, so a
     request turn (a tool call) shows nothing and the answer streams as it is decoded. `cancel()` (the client
-    disconnected) stops the run at its next token."""
+    disconnected, the deadline passed) stops the run at its next token; with `emit` None only that is done."""
 
     def __init__(self, session, emit):
         self.tok, self.protocol, self.emit = session.tok, session.protocol, emit
@@ -344,6 +344,8 @@ class AnswerStream:
     def __call__(self, turn: int, token_id: int) -> None:
         if self._cancel.is_set():
             raise Cancelled()
+        if self.emit is None:  # a plain request: only the deadline's cancel
+            return
         if turn != self.turn:
             self.turn, self.ids, self.sent = turn, [], ""
         if token_id in self.stop_ids:
@@ -431,9 +433,18 @@ def create_app(cfg: ServeConfig, session=None):
         if req.stream:
             return StreamingResponse(_stream(req, rid), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
+        stop = AnswerStream(session, emit=None)  # no deltas: only its cancel, for the deadline
+        job = asyncio.ensure_future(asyncio.to_thread(worker.run, req, stop))
         try:
-            result = await asyncio.wait_for(asyncio.to_thread(worker.run, req), cfg.timeout_s)
+            result = await asyncio.wait_for(asyncio.shield(job), cfg.timeout_s)
         except asyncio.TimeoutError:
+            stop.cancel()  # the run stops at its next token, so the engine is free for the next request
+            try:
+                await job
+            except Cancelled:
+                pass
+            except EdgeAwaresError:
+                pass
             return error(ApiError(504, f"the request took longer than {cfg.timeout_s:g} s", type_="timeout",
                                   code="timeout"))
         except (PromptError, ImageError, ConfigError) as e:

@@ -338,3 +338,14 @@ def test_the_page_answers_and_draws_the_crops_in_a_real_browser(server):
         assert browser.find_element(By.ID, "turns").text.count("\n") >= 2  # header and both turns
     finally:
         browser.quit()
+
+
+def test_a_request_past_its_timeout_is_a_504_and_an_oversized_image_a_413():
+    with _Server(ServeConfig(timeout_s=0.3, max_image_bytes=1024), session=_slow_session(0.2)) as s:
+        code, _, reply = _post(s, {"messages": _messages("What is the code on the green card?")})
+        assert code == 413 and reply["error"]["code"] == "image_too_large"  # the example page is 1251 bytes
+    with _Server(ServeConfig(timeout_s=0.3), session=_slow_session(0.2)) as s:
+        code, _, reply = _post(s, {"messages": _messages("What is the code on the green card?")})
+        assert code == 504 and reply["error"]["type"] == "timeout"
+        worker = s.app.state.worker
+        assert worker.running == 0 and worker.cancelled == 1  # the run was stopped, not left decoding
