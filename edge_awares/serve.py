@@ -512,9 +512,12 @@ def create_app(cfg: ServeConfig, session=None):
     async def bad_method(request, exc):
         return error(ApiError(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed"))
 
+    async def internal(request, exc):  # a bug, not bad input: the API's error shape, no traceback in the reply
+        return error(ApiError(500, f"internal error ({type(exc).__name__})", type_="server_error"))
+
     app = Starlette(routes=[Route("/", index), Route("/health", health), Route("/v1/models", models),
                             Route("/v1/chat/completions", completions, methods=["POST"])],
-                    exception_handlers={404: not_found, 405: bad_method})
+                    exception_handlers={404: not_found, 405: bad_method, Exception: internal})
     app.state.worker = worker
     return app
 
