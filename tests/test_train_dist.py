@@ -93,10 +93,12 @@ def test_a_refused_output_stops_every_rank(tmp_path):
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "notes.txt").write_text("keep me")
-    launch.insert(2, "--quiet")  # the launcher's own report without its traceback
+    launch.insert(2, "--quiet")  # the launcher's own report without its traceback (accelerate >= 1.16)
     r = _run(launch + _sft(theirs, 3), timeout=300)  # a rank left at a barrier would hang here
     assert r.returncode != 0
-    assert "is not a checkpoint edge-awares wrote" in r.stderr and "Traceback" not in r.stderr
+    assert "is not a checkpoint edge-awares wrote" in r.stderr
+    assert "edge_awares/" not in r.stderr.replace(str(theirs), "")  # no traceback through our code (older
+    # accelerate launchers print their own ChildFailedError traceback even with --quiet)
     assert sorted(p.name for p in theirs.iterdir()) == ["notes.txt"] and (theirs / "notes.txt").read_text() == "keep me"
 
 
