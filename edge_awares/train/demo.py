@@ -6,7 +6,7 @@ Stages (each writes a folder under OUT and is skipped when its output already ex
 resumes; `--fresh` starts over):
 
 1. base/      a small Qwen2.5-VL trained from scratch on card questions from one view (train/base.py; the task's
-              preset: ~3M for v1, ~5.6M for v2)
+              preset: ~3M for v1, ~4.6M for v2)
 2. data/      card samples of the task (TASKS): train (curation, SFT, GRPO prompts) and a held-out test split
 3. curate/    the base model answers each train sample at low-res and native; exact-match judge; ground-truth
               evidence boxes (the generator's) become crop ids; sft_trajectories.jsonl: a share of the HR ones
@@ -43,7 +43,7 @@ from ..ranges import BATCH, LEARNING_RATE, SEED, STEPS, THREADS, Range, check_ra
 # these defaults live; DemoConfig's None fields take them).
 #   v1: one card per page (the shipped engine): whether to crop follows the question, where is the only card.
 #   v2: data/cards.DEMO2 (2-4 cards, small and large codes, spanning cards): both decisions depend on the image.
-#       The base model is the `small` preset (5.6M), read_share/card_share give more dense reading signal (colour
+#       The base model is the `small` preset (4.6M), read_share/card_share give more dense reading signal (colour
 #       binding across several cards), and a share of the HR trajectories fetch the whole image so the policy has
 #       seen every kind of crop turn (centre and halves come from the spanning cards' evidence).
 TASKS = {
