@@ -529,7 +529,11 @@ def serve(cfg: ServeConfig) -> None:
         from .errors import BackendUnavailableError
 
         raise BackendUnavailableError("serve needs starlette and uvicorn: pip install 'edge-awares[serve]'") from None
-    app = create_app(cfg.validate())
+    app = create_app(cfg.validate())  # opens the engine first: a bad one stops here, before anything listens
+    import sys
+
+    print(f"serving {cfg.engine or 'the shipped demo engine'} on http://{cfg.host}:{cfg.port} (prefix cache budget "
+          f"{cfg.cache_mb:g} MiB)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=cfg.timeout_s)
 
 
@@ -552,8 +556,6 @@ def _command():
     def serve_command(**kw):
         """An OpenAI-compatible HTTP server over one engine (POST /v1/chat/completions, GET /v1/models, /health)."""
         cfg = ServeConfig(allow_dirs=tuple(kw.pop("allow_dirs")), **kw).validate()
-        click.echo(f"serving {cfg.engine or 'the shipped demo engine'} on http://{cfg.host}:{cfg.port} (prefix cache "
-                   f"budget {cfg.cache_mb:g} MiB)", err=True)
         serve(cfg)
 
     return serve_command

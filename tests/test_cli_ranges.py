@@ -24,7 +24,8 @@ LEGAL = {
 EXTRA = {"train sft": ["--model", "{x}", "--data", "{x}", "--output", "{x}"],
          "train grpo": ["--model", "{x}", "--data", "{x}", "--output", "{x}"],
          "eval": ["--engine", "{x}"],
-         "train demo": ["-o", "{x}"]}  # its -o has a default: a run must never land in the working folder
+         "train demo": ["-o", "{x}"],  # its -o has a default: a run must never land in the working folder
+         "serve": ["--engine", "{x}"]}  # else a legal value starts the shipped engine's server, which never returns
 
 
 def _numeric_options():
