@@ -293,13 +293,13 @@ class Worker:
                 "failed": self.failed, "cancelled": self.cancelled}
 
 
-def loop_facts(result, image=None, first=None) -> dict:
-    """The extension field: what the crop loop did (and, given them, the image's and its first view's sizes: the
+def loop_facts(result, image=None) -> dict:
+    """The extension field: what the crop loop did (and, given the image, its size and its first view's: the
     boxes are in image pixels, the page draws them on the first view)."""
     sizes = {}
-    if image is not None and first is not None:
-        sizes = {"image": {"width": image.width, "height": image.height},
-                 "first_view": {"width": first.width, "height": first.height}}
+    if image is not None:
+        w, h = result.first_view_size
+        sizes = {"image": {"width": image.width, "height": image.height}, "first_view": {"width": w, "height": h}}
     return {**sizes, "crops": result.crops, "boxes": [list(b) for b in result.boxes], "rtr": result.rtr,
             "visual_tokens": result.visual_tokens, "native_visual_tokens": result.native_visual_tokens,
             "requested": result.requested, "parse_failures": result.parse_failures, "protocol": result.protocol,
@@ -385,9 +385,6 @@ def create_app(cfg: ServeConfig, session=None):
     worker = Worker(session, cfg.max_queue)
     created = int(time.time())
 
-    def first_view(req: ChatRequest):
-        return session.protocol.first_view(req.image, session.geometry)
-
     page = (Path(__file__).resolve().parent / "assets" / "serve_page.html").read_text(encoding="utf-8")
 
     async def index(request):
@@ -455,7 +452,7 @@ def create_app(cfg: ServeConfig, session=None):
             "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model_id,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.answer},
                          "finish_reason": _finish_reason(result, session._stop_ids), "logprobs": None}],
-            "usage": _usage(result), "edge_awares": loop_facts(result, req.image, first_view(req))})
+            "usage": _usage(result), "edge_awares": loop_facts(result, req.image)})
 
     async def _stream(req: ChatRequest, rid: str):
         loop = asyncio.get_running_loop()
@@ -498,7 +495,7 @@ def create_app(cfg: ServeConfig, session=None):
                     break
                 else:
                     yield chunk({}, _finish_reason(value, session._stop_ids), usage=_usage(value),
-                                edge_awares=loop_facts(value, req.image, first_view(req)))
+                                edge_awares=loop_facts(value, req.image))
                     break
             yield "data: [DONE]\n\n"
         finally:

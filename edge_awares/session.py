@@ -104,6 +104,7 @@ class SessionResult:
     protocol: str = ""
     memory: dict | None = None  # the backend's budget and what it held (bytes), where it states one
     max_rtr: float | None = None  # the RTR budget the run was given (None: none)
+    first_view_size: tuple[int, int] = (0, 0)  # (width, height) of the view turn 1 showed, model-input pixels
     budget_dropped: list[str] = field(default_factory=list)  # requested crops the budget left out
 
     def to_dict(self) -> dict:
@@ -267,6 +268,7 @@ class Session:
             memory=self.backend.memory() if hasattr(self.backend, "memory") else None,
             max_rtr=max_rtr,
             budget_dropped=budget_dropped,
+            first_view_size=(first.width, first.height),
         )
 
     def _encode_images(self, views: list[View]) -> list[np.ndarray]:
