@@ -152,7 +152,7 @@ class Session:
         self.backend, self.tok, self.protocol, self.crop_set = backend, tokenizer, protocol, crop_set
         self.geometry = protocol.geometry(geometry)
         self.config = config or SessionConfig()
-        self._stop_ids = stop_token_ids(tokenizer, stop_tokens)
+        self.stop_ids = stop_token_ids(tokenizer, stop_tokens)
         self._im_end = tokenizer.token_id(IM_END)
 
     def run(self, image: Image.Image, question: str, crops: str | list[str] = "model",
@@ -292,7 +292,7 @@ class Session:
         """Prefill what is pending plus `pieces` on the cache, then decode up to `max_new` tokens."""
         enc = encode(pieces, self.tok)
         head = state.pending
-        if head and head[-1][0] not in self._stop_ids:
+        if head and head[-1][0] not in self.stop_ids:
             head = head + [(self._im_end, 0)]  # the model ran out of tokens mid-turn: close its message
         state.pending = []
         ids = np.concatenate([np.asarray([t for t, _ in head], dtype=np.int64), enc.ids])
@@ -312,7 +312,7 @@ class Session:
         # The prefix cache (a first turn on a fresh cache): restore the longest prefix another request left, then
         # prefill only the rest. An image is one item of the key, so the restored run never splits one.
         skip, sig, pc = 0, None, self.prefix_cache
-        if pc is not None and state.cache.length == 0 and not head and _snapshots(state.cache):
+        if pc is not None and state.cache.length == 0 and not head and can_snapshot(state.cache):
             sig = signature(enc)
             items, snap = pc.lookup(sig)
             if snap is not None:
@@ -337,7 +337,7 @@ class Session:
             generated.append(tid)
             if state.on_token is not None:
                 state.on_token(len(state.turns), tid)
-            if tid in self._stop_ids or step == max_new - 1:
+            if tid in self.stop_ids or step == max_new - 1:
                 state.pending = [(tid, 1)]
                 break
             state.ids.append(tid)
@@ -346,7 +346,7 @@ class Session:
             logits = run_tokens(self.backend, np.asarray([tid], dtype=np.int64), [], p, state.cache)
             state.next_position += 1
         t3 = time.perf_counter()
-        text_ids = generated[:-1] if generated and generated[-1] in self._stop_ids else generated
+        text_ids = generated[:-1] if generated and generated[-1] in self.stop_ids else generated
         turn = Turn(
             kind=kind, visual_tokens=sum(v.n_tokens for v in all_views), prefill_tokens=n_new - skip,
             generated_ids=generated, text=self.tok.decode(text_ids), parsed="", crop_ids=[],
@@ -370,7 +370,7 @@ class _State:
         self.on_token = None  # Session.run's token callback
 
 
-def _snapshots(cache) -> bool:
+def can_snapshot(cache) -> bool:
     """Whether a backend's cache can hand out and take back snapshots (what the prefix cache needs)."""
     return hasattr(cache, "snapshot") and getattr(cache, "can_snapshot", True)
 
@@ -389,4 +389,4 @@ def _has(tok: TextTokenizer, token: str) -> bool:
 
 
 __all__ = ["Session", "SessionConfig", "SessionResult", "Sampler", "Turn", "parse_crop_policy", "crop_turn_pieces",
-           "stop_token_ids", "Parsed", "STOP_TOKENS"]
+           "stop_token_ids", "can_snapshot", "Parsed", "STOP_TOKENS"]

@@ -25,9 +25,9 @@ def _engine(tmp_path, edit):
 
 def test_stop_tokens_come_from_the_manifest(tmp_path):
     s = open_engine_session(DEMO_ENGINE)
-    assert s._stop_ids == {s.tok.token_id("<|im_end|>"), s.tok.token_id("<|endoftext|>")}
+    assert s.stop_ids == {s.tok.token_id("<|im_end|>"), s.tok.token_id("<|endoftext|>")}
     e = _engine(tmp_path, lambda d: d["generation"].__setitem__("stop_tokens", ["<|im_end|>"]))
-    assert open_engine_session(e)._stop_ids == {s.tok.token_id("<|im_end|>")}
+    assert open_engine_session(e).stop_ids == {s.tok.token_id("<|im_end|>")}
 
 
 def test_graph_names_are_bound_from_the_manifest(tmp_path):
