@@ -62,6 +62,7 @@ class ServeConfig:
     max_image_pixels: int = MAX_IMAGE_PIXELS
     provider: str = "cpu"
     cache_mb: float = DEFAULT_CACHE_MB  # the prefix cache's budget (0: off)
+    memory_budget: float | None = None  # GiB the engine runtime and the prefix cache may plan for (None: the default)
 
     def validate(self) -> "ServeConfig":
         from .ranges import Range, check_ranges
@@ -72,6 +73,9 @@ class ServeConfig:
                             "max_image_bytes": Range(1024, 1 << 34, integer=True),
                             "max_image_pixels": Range(1, 1 << 34, integer=True),
                             "cache_mb": Range(0.0, 1 << 20)})
+        from .ranges import MEMORY_BUDGET_GB
+
+        MEMORY_BUDGET_GB.check("--memory-budget", self.memory_budget)
         for d in self.allow_dirs:
             if not Path(d).is_dir():
                 raise ConfigError(f"--allow-dir {d}: not a folder")
@@ -334,7 +338,7 @@ class AnswerStream:
 
     def __init__(self, session, emit):
         self.tok, self.protocol, self.emit = session.tok, session.protocol, emit
-        self.stop_ids = session._stop_ids
+        self.stop_ids = session.stop_ids
         self.turn, self.ids, self.sent = -1, [], ""
         self._cancel = threading.Event()
 
@@ -373,14 +377,18 @@ def create_app(cfg: ServeConfig, session=None):
 
     engine = cfg.engine or require_demo_engine()
     if session is None:
-        session = open_session(engine=engine, provider=cfg.provider)
+        session = open_session(engine=engine, provider=cfg.provider, memory_budget=cfg.memory_budget)
     from .prefix import PrefixCache
-    from .session import _snapshots
+    from .session import can_snapshot
 
     cache = PrefixCache(int(cfg.cache_mb * (1 << 20))) if cfg.cache_mb else None
     if cache is not None:
-        cache.enabled = _snapshots(session.backend.new_cache(8))  # llama.cpp's cache takes no snapshots
+        cache.enabled = can_snapshot(session.backend.new_cache(8))  # llama.cpp's cache takes no snapshots
         session.prefix_cache = cache if cache.enabled else None
+        if cache.enabled and hasattr(session.backend, "reserve"):
+            # The cache fills over many requests; its whole budget counts against the runtime's from the start, so
+            # a budget too small for engine + cache is refused here, before anything listens.
+            session.backend.reserve(f"a prefix cache of {cfg.cache_mb:g} MiB", cache.budget)
     model_id = Path(engine).name if engine else "edge-awares"
     worker = Worker(session, cfg.max_queue)
     created = int(time.time())
@@ -395,7 +403,8 @@ def create_app(cfg: ServeConfig, session=None):
 
     async def health(request):
         return JSONResponse({"status": "ok", "engine": str(engine), "model": model_id, "queue": worker.status(),
-                             "cache": cache.stats() if cache is not None else {"enabled": False}})
+                             "cache": cache.stats() if cache is not None else {"enabled": False},
+                             "memory": memory_plan(session)})
 
     async def models(request):
         return JSONResponse({"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
@@ -451,7 +460,7 @@ def create_app(cfg: ServeConfig, session=None):
         return JSONResponse({
             "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model_id,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.answer},
-                         "finish_reason": _finish_reason(result, session._stop_ids), "logprobs": None}],
+                         "finish_reason": _finish_reason(result, session.stop_ids), "logprobs": None}],
             "usage": _usage(result), "edge_awares": loop_facts(result, req.image)})
 
     async def _stream(req: ChatRequest, rid: str):
@@ -494,7 +503,7 @@ def create_app(cfg: ServeConfig, session=None):
                     yield f"data: {json.dumps(ApiError(400, str(value)).body())}\n\n"
                     break
                 else:
-                    yield chunk({}, _finish_reason(value, session._stop_ids), usage=_usage(value),
+                    yield chunk({}, _finish_reason(value, session.stop_ids), usage=_usage(value),
                                 edge_awares=loop_facts(value, req.image))
                     break
             yield "data: [DONE]\n\n"
@@ -516,7 +525,14 @@ def create_app(cfg: ServeConfig, session=None):
                             Route("/v1/chat/completions", completions, methods=["POST"])],
                     exception_handlers={404: not_found, 405: bad_method, Exception: internal})
     app.state.worker = worker
+    app.state.memory = lambda: memory_plan(session)
     return app
+
+
+def memory_plan(session) -> dict | None:
+    """The engine runtime's budget and what it holds against it (bytes; None for a backend without one)."""
+    memory = getattr(session.backend, "memory", None)
+    return memory() if memory is not None else None
 
 
 def serve(cfg: ServeConfig) -> None:
@@ -529,13 +545,19 @@ def serve(cfg: ServeConfig) -> None:
     app = create_app(cfg.validate())  # opens the engine first: a bad one stops here, before anything listens
     import sys
 
+    mem = app.state.memory()
+    plan = (f"; memory budget {mem['budget'] / (1 << 30):.1f} GiB: engine {mem['weights'] / (1 << 20):.0f} MiB, "
+            f"prefix cache {mem['reserved'] / (1 << 20):.0f} MiB, KV cache and vision per request"
+            if mem else "")
     print(f"serving {cfg.engine or 'the shipped demo engine'} on http://{cfg.host}:{cfg.port} (prefix cache budget "
-          f"{cfg.cache_mb:g} MiB)", file=sys.stderr, flush=True)
+          f"{cfg.cache_mb:g} MiB{plan})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=cfg.timeout_s)
 
 
 def _command():
     import click
+
+    from .ranges import memory_budget_option
 
     @click.command("serve")
     @click.option("--engine", type=click.Path(), help="Engine directory (default: the shipped demo engine).")
@@ -550,6 +572,7 @@ def _command():
     @click.option("--provider", default="cpu", show_default=True)
     @click.option("--cache-mb", type=float, default=ServeConfig.cache_mb, show_default=True,
                   help="Budget of the prefix cache across questions (KV snapshots and vision features; 0: off).")
+    @memory_budget_option
     def serve_command(**kw):
         """An OpenAI-compatible HTTP server over one engine (POST /v1/chat/completions, GET /v1/models, /health)."""
         cfg = ServeConfig(allow_dirs=tuple(kw.pop("allow_dirs")), **kw).validate()

@@ -54,7 +54,7 @@ class BudgetedBackend:
     `weights_bytes()`."""
 
     budget: int
-    _kv_held = _vision_peak = _planned_peak = _loaded = 0
+    _kv_held = _vision_peak = _planned_peak = _loaded = _reserved = 0
 
     def weights_bytes(self) -> int:
         raise NotImplementedError
@@ -62,7 +62,7 @@ class BudgetedBackend:
     def _check_budget(self, what: str, extra: int) -> None:
         """MemoryBudgetError unless what the process holds now (its resident memory, engine and KV cache included
         once loaded; at least the engine's size) plus `extra`, the step's own allocation, fits the budget."""
-        held = max(process_rss(), self.weights_bytes() * self._loaded + self._kv_held)
+        held = max(process_rss(), self.weights_bytes() * self._loaded + self._kv_held) + self._reserved
         need = held + extra
         if need > self.budget:
             raise MemoryBudgetError(
@@ -72,7 +72,13 @@ class BudgetedBackend:
                 "in GiB, raises it)")
         self._planned_peak = max(self._planned_peak, need)
 
+    def reserve(self, what: str, nbytes: int) -> None:
+        """Count `nbytes` a caller will hold beside the backend (the server's prefix cache) against the budget from
+        now on: MemoryBudgetError, before anything is allocated, when it does not fit."""
+        self._check_budget(what, int(nbytes))
+        self._reserved += int(nbytes)
+
     def memory(self) -> dict:
         """The budget, what this backend holds against it, and the largest total it planned for (bytes)."""
         return {"budget": self.budget, "weights": self.weights_bytes(), "kv_cache": self._kv_held,
-                "vision_peak": self._vision_peak, "planned_peak": self._planned_peak}
+                "reserved": self._reserved, "vision_peak": self._vision_peak, "planned_peak": self._planned_peak}

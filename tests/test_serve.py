@@ -230,6 +230,23 @@ def test_follow_ups_reuse_the_cached_prefix_and_health_reports_it(server):
     assert cache["reused_tokens"] > 600
 
 
+def test_the_prefix_cache_counts_against_the_memory_budget():
+    """The cache's whole budget is planned for at start (it fills over many requests): /health reports it among
+    what the runtime holds, and a budget too small for engine + cache is refused before anything listens."""
+    from edge_awares.errors import MemoryBudgetError
+
+    with _Server(ServeConfig(cache_mb=64)) as s:
+        with urllib.request.urlopen(s.url + "/health", timeout=10) as r:
+            mem = json.loads(r.read())["memory"]
+    assert mem["reserved"] == 64 << 20 and mem["planned_peak"] >= mem["weights"] + mem["reserved"]
+    from runtimes.budget import process_rss
+
+    # What this process holds now plus 256 MiB fits the demo engine (4 MiB) but not another 1 GiB of cache.
+    budget = (process_rss() + (256 << 20)) / (1 << 30)
+    with pytest.raises(MemoryBudgetError, match="prefix cache of 1024 MiB"):
+        create_app(ServeConfig(cache_mb=1024, memory_budget=budget).validate())
+
+
 def test_the_rtr_budget_per_request(server):
     code, _, reply = _post(server, {"messages": _messages("What is the code on the green card?"), "max_rtr": 0.3})
     facts = reply["edge_awares"]
