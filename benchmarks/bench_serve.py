@@ -3,8 +3,8 @@
     python benchmarks/bench_serve.py [--engine DIR] [--clients 4] [--requests 200] [--max-seconds 300]
 
 Starts the real server as a subprocess on a free loopback port (the shipped engine by default), then runs a
-mixed load drawn from a fixed seed: questions about the example card pages, half of them a question already
-asked about that page (a prefix-cache hit when its prompt is still cached), a tenth of them follow-ups with the
+mixed load drawn from a fixed seed: questions about the example card pages (kinds: a page's first request, a
+question new to a page already seen, a repeat), about half of them a question already asked about that page (a prefix-cache hit when its prompt is still cached), a tenth of them follow-ups with the
 earlier exchange in the conversation (its answer a placeholder: the plan is drawn before any reply), a twentieth of them bad requests (no image) that must come back as 400.
 Reports throughput, p50/p95 latency (first question on a page vs the rest), the cache hit rate and reused
 tokens (from /health), the server's peak RSS (VmHWM from /proc), and errors by kind; writes
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import os
 import random
@@ -42,17 +43,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@functools.lru_cache(maxsize=None)
 def data_uri(name: str) -> str:
-    return "data:image/png;base64," + base64.b64encode((ROOT / "examples" / name).read_bytes()).decode()
+    """The page as a data: URI: an example file, or "gen:K", card page K drawn by the project's generator."""
+    if name.startswith("gen:"):
+        import io
+
+        from edge_awares.data.cards import make_card_sample
+
+        buf = io.BytesIO()
+        make_card_sample(4242, int(name[4:])).image.save(buf, format="PNG")
+        data = buf.getvalue()
+    else:
+        data = (ROOT / "examples" / name).read_bytes()
+    return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
-def plan(n: int, seed: int) -> list[dict]:
+def plan(n: int, seed: int, n_pages: int = 4) -> list[dict]:
     """The request mix, fixed by `seed`."""
     rng = random.Random(seed)
+    pages = PAGES + [f"gen:{k}" for k in range(max(0, n_pages - len(PAGES)))]
     asked: dict[str, list[tuple[str, str]]] = {}
     out = []
     for i in range(n):
-        page = rng.choice(PAGES)
+        page = rng.choice(pages)
         u = rng.random()
         if u < 0.05:
             out.append({"kind": "bad", "body": {"messages": [{"role": "user", "content": "no image"}]}})
@@ -63,7 +77,9 @@ def plan(n: int, seed: int) -> list[dict]:
             kind = "repeat"
         else:
             q = rng.choice(TEMPLATES).format(c=rng.choice(COLOURS))
-            kind = "new"
+            # first: the page's first request (nothing of its image cached); new: a question not asked before on a
+            # cached page (its text is prefilled); a question drawn again counts as a repeat.
+            kind = "first" if not seen else "repeat" if q in {x for x, _ in seen} else "new"
         messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(page)}},
                                                  {"type": "text", "text": q}]}]
         if seen and u > 0.9:
@@ -118,7 +134,7 @@ def run_load(a, cache_mb: float) -> dict:
                 if server.poll() is not None or time.time() - t0 > 60:
                     raise SystemExit(server.stderr.read())
                 time.sleep(0.1)
-        requests = plan(a.requests, a.seed)
+        requests = plan(a.requests, a.seed, a.pages)
         results: list[dict] = []
         lock = threading.Lock()
         cursor = iter(range(len(requests)))
@@ -169,7 +185,7 @@ def run_load(a, cache_mb: float) -> dict:
         return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else None
 
     by_kind = {}
-    for kind in ("new", "repeat", "follow-up"):
+    for kind in ("first", "new", "repeat", "follow-up"):
         ms = [r["ms"] for r in ok if r["kind"] == kind]
         pre = [r["prefilled"] for r in ok if r["kind"] == kind]
         by_kind[kind] = {"n": len(ms), "p50_ms": pct(ms, 0.5), "p95_ms": pct(ms, 0.95),
@@ -194,6 +210,7 @@ def main() -> int:
     ap.add_argument("--max-queue", type=int, default=16)
     ap.add_argument("--cache-mb", type=float, default=256.0, help="the cached server's budget (compared with 0)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pages", type=int, default=24, help="distinct pages (the 4 examples, then generated card pages)")
     ap.add_argument("--out", default=str(HERE / "results"))
     a = ap.parse_args()
     reports = [run_load(a, a.cache_mb), run_load(a, 0.0)]  # the same plan, with and without the prefix cache
