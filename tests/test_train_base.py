@@ -165,26 +165,39 @@ def test_token_attributes_on_a_second_demo_page():
     assert set(got) <= set(large_digits) and got  # only large codes' digits, in the 4x4 low-res grid
 
 
-def test_slot_target_names_the_questioned_cards_slot_at_the_last_prompt_token(base_run):
-    """SlotHead reads the position whose output is the first answer token; its class is the card's crop id."""
+def test_look_targets_are_the_colour_word_and_the_named_cards_tokens(base_run):
+    """look_loss's targets: at the positions that predict the answer, the question's colour word (hop 1) and the
+    image tokens of the card of that colour (hop 2); full mass on them costs 0, uniform attention -log(share)."""
     import torch
 
-    from edge_awares.crops import AWARES_CROPS
-    from edge_awares.data.cards import DEMO2, make_card_sample
-    from edge_awares.train.base import Encoder, SlotHead
+    from edge_awares.data.cards import COLOUR_NAMES, DEMO2, make_card_sample
+    from edge_awares.train.base import Encoder, look_loss
 
     enc = Encoder(base_run)
     s = make_card_sample(4, 2, DEMO2)
-    slot = next(c[0] for c in s.meta["cards"] if c[1] == s.meta["colour"])
-    ex = enc.example(s.image, s.question, s.answers[0], "native", cards=s.meta["cards"], slot=slot)
+    ex = enc.example(s.image, s.question, s.answers[0], "native", cards=s.meta["cards"], look=s.meta["colour"])
+    rows, card, word = ex["look"]
     first_answer = ex["labels"].index(next(v for v in ex["labels"] if v != -100))
-    assert ex["slot"] == (first_answer - 1, AWARES_CROPS.ids.index(slot))
-    plain = enc.example(s.image, s.question, s.answers[0], "native")
-    assert "slot" not in enc.batch([plain, plain])  # nothing to read: the key stays out of the model's inputs
-    batch = enc.batch([ex, plain])
-    assert batch["slot"].tolist() == [list(ex["slot"]), [plain["slot"][0], -100]]
-    head = SlotHead(8)
-    torch.nn.init.zeros_(head.slot.bias)
-    hidden = torch.zeros(2, len(ex["ids"]), 8)
-    loss = head.loss(hidden, batch["slot"])  # the unlabelled row is ignored; uniform logits give log(classes)
-    assert float(loss) == pytest.approx(float(torch.log(torch.tensor(float(len(AWARES_CROPS.ids))))), rel=1e-5)
+    assert rows == list(range(first_answer - 1, len(ex["ids"]) - 1))
+    assert enc.tok.decode([ex["ids"][i] for i in word]).strip() == s.meta["colour"]
+    image = [i for i, t in enumerate(ex["ids"]) if t == enc.image_pad]
+    assert set(card) < set(image) and card  # some of the image tokens: the named card's
+    colour = COLOUR_NAMES.index(s.meta["colour"])
+    assert all(ex["aux"][i - image[0], 0] == colour for i in card)
+    assert sum(ex["aux"][:, 0] == colour) == len(card)
+    plain = enc.example(s.image, s.question, s.answers[0], "native", cards=s.meta["cards"])
+    assert "look" not in enc.batch([plain, plain])
+    target = enc.batch([ex, plain])["look"]
+    n = len(ex["ids"])
+    assert target.shape == (2, 2, n, n) and not target[:, 1].any()
+    # Two layers of attention probabilities (head 0 supervised): exactly on target, then uniform over the prefix.
+    exact = target.float()[:, :, None]  # [layers, B, heads, n, n]
+    exact = exact / exact.sum(-1, keepdim=True).clamp_min(1)
+    assert look_loss(list(exact), target).tolist() == pytest.approx([0.0, 0.0], abs=1e-5)
+    uniform = torch.tril(torch.ones(n, n)) / torch.arange(1, n + 1)[:, None]
+    att = [uniform.expand(2, 1, n, n)] * 2
+    r = rows[0]
+    got = look_loss(att, target)
+    assert float(got[0]) == pytest.approx(float(np.mean([-np.log(len(word) / (q + 1)) for q in rows])), rel=1e-4)
+    assert float(got[1]) == pytest.approx(float(np.mean([-np.log(len(card) / (q + 1)) for q in rows])), rel=1e-4)
+    assert r > max(card)
