@@ -171,7 +171,7 @@ def base(output, steps, batch_size, lr, native_share, seed, eval_every, threads,
 @click.option("--task", help="v1 (one card per page: the shipped engine's task, the default) or v2 (2-4 cards, "
               "codes on both sides of the low-res legibility threshold, spanning cards).")
 @click.option("--base-steps", type=int, help="Base-model pretraining steps (default: the task's).")
-@click.option("--n-train", type=int, help="Training samples (default 1500).")
+@click.option("--n-train", type=int, help="Training samples (default: the task's, 1500 for v1, 4000 for v2).")
 @click.option("--n-test", type=int, help="Held-out samples (default 600).")
 @click.option("--grpo-steps", type=int, help="GRPO steps (default 120).")
 @click.option("--seed", type=int)

@@ -49,9 +49,9 @@ from ..ranges import BATCH, LEARNING_RATE, SEED, STEPS, THREADS, Range, check_ra
 #       every kind of crop turn (centre and halves come from the spanning cards' evidence).
 TASKS = {
     "v1": {"cards": {}, "base_preset": "demo", "base_steps": 4000, "base_read_share": 0.1, "base_card_share": 0.3,
-           "base_look_weight": 0.0, "all_share": 0.0},
+           "base_look_weight": 0.0, "all_share": 0.0, "n_train": 1500},
     "v2": {"cards": asdict(DEMO2), "base_preset": "demo", "base_steps": 6000, "base_read_share": 0.25,
-           "base_card_share": 0.25, "base_look_weight": 1.0, "all_share": 0.1},
+           "base_card_share": 0.25, "base_look_weight": 1.0, "all_share": 0.1, "n_train": 4000},
 }
 
 
@@ -64,7 +64,7 @@ class DemoConfig:
     base_steps: int | None = None  # None: the task's
     base_batch: int = 16
     base_lr: float = 1.5e-3
-    n_train: int = 1500
+    n_train: int | None = None  # None: the task's
     n_test: int = 600
     train_seed: int = 2000  # card streams: base pretraining uses 1000/1001, so every split is disjoint
     test_seed: int = 3000
@@ -83,7 +83,7 @@ class DemoConfig:
     ship: bool = False
 
     RANGES = {"base_steps": Range(1, 10**9, integer=True, optional=True), "base_batch": BATCH,
-              "base_lr": LEARNING_RATE, "n_train": Range(1, 10**7, integer=True),
+              "base_lr": LEARNING_RATE, "n_train": Range(1, 10**7, integer=True, optional=True),
               "n_test": Range(1, 10**7, integer=True), "seed": SEED, "train_seed": SEED, "test_seed": SEED,
               "sft_epochs": Range(0.0, 1e4, lo_open=True), "sft_lr": LEARNING_RATE, "sft_batch": BATCH,
               "grpo_steps": STEPS, "grpo_lr": LEARNING_RATE, "grpo_generations": Range(2, 1024, integer=True),
@@ -99,7 +99,7 @@ class DemoConfig:
 
     def recipe(self, key: str):
         """A task setting, unless this config overrides it."""
-        own = {"base_steps": self.base_steps, "all_share": self.all_share}.get(key)
+        own = {"base_steps": self.base_steps, "all_share": self.all_share, "n_train": self.n_train}.get(key)
         return own if own is not None else TASKS[self.task][key]
 
     @property
@@ -183,7 +183,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     # 2. data
     from ..data.cards import write_cards
 
-    splits = {"train": (cfg.n_train, cfg.train_seed), "test": (cfg.n_test, cfg.test_seed)}
+    splits = {"train": (cfg.recipe("n_train"), cfg.train_seed), "test": (cfg.n_test, cfg.test_seed)}
     for split, (n, seed) in splits.items():
         path = out / "data" / split / "samples.jsonl"
         if not path.is_file():
