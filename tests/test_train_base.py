@@ -201,3 +201,25 @@ def test_look_targets_are_the_colour_word_and_the_named_cards_tokens(base_run):
     assert float(got[0]) == pytest.approx(float(np.mean([-np.log(len(word) / (q + 1)) for q in rows])), rel=1e-4)
     assert float(got[1]) == pytest.approx(float(np.mean([-np.log(len(card) / (q + 1)) for q in rows])), rel=1e-4)
     assert r > max(card)
+
+
+def test_small_codes_are_never_taught_at_low_res_when_told():
+    """lowres_small_codes off: an answer holding a small code is shown at native resolution; letters and large
+    codes keep their low-res draw (the v2 base model's rule; v1's recipe keeps every draw)."""
+    from edge_awares.data.cards import DEMO2, make_card_sample
+    from edge_awares.train.base import BaseRunConfig, shown_view
+
+    off = BaseRunConfig(output="unused", lowres_small_codes=False)
+    on = BaseRunConfig(output="unused")
+    samples = [make_card_sample(7, i, DEMO2) for i in range(60)]
+    for s in samples:
+        small_q = s.meta["template"] == "code" and not s.meta["large_code"]
+        assert s.needs_detail == small_q
+        for kind in ("page", "card"):
+            assert shown_view("lowres", kind, s, off) == ("native" if small_q else "lowres")
+            assert shown_view("lowres", kind, s, on) == "lowres"
+        any_small = any(not c[6] for c in s.meta["cards"])
+        assert shown_view("lowres", "read", s, off) == ("native" if any_small else "lowres")
+        assert shown_view("native", "page", s, off) == "native"
+    kinds = {(s.meta["template"], s.meta["large_code"]) for s in samples}
+    assert {("code", True), ("code", False), ("letter", False)} <= kinds

@@ -45,13 +45,16 @@ from ..ranges import BATCH, LEARNING_RATE, SEED, STEPS, THREADS, Range, check_ra
 #   v2: data/cards.DEMO2 (2-4 cards, small and large codes, spanning cards): both decisions depend on the image.
 #       The base model is the `demo` preset (3.1M) as in v1, with more dense reading signal (read_share/card_share)
 #       and look_weight (base.look_loss: attention supervision of colour binding, which the answer tokens alone did
-#       not teach within 9k steps); a share of the HR trajectories fetch the whole image so the policy has seen
-#       every kind of crop turn (centre and halves come from the spanning cards' evidence).
+#       not teach within 9k steps), and small codes are never taught in the low-res view (lowres_small_codes:
+#       their bitmap blobs are decodable there, which real small text is not); a share of the HR trajectories fetch
+#       the whole image so the policy has seen every kind of crop turn (centre and halves come from the spanning
+#       cards' evidence).
 TASKS = {
     "v1": {"cards": {}, "base_preset": "demo", "base_steps": 4000, "base_read_share": 0.1, "base_card_share": 0.3,
-           "base_look_weight": 0.0, "all_share": 0.0, "n_train": 1500},
-    "v2": {"cards": asdict(DEMO2), "base_preset": "demo", "base_steps": 6000, "base_read_share": 0.25,
-           "base_card_share": 0.25, "base_look_weight": 1.0, "all_share": 0.1, "n_train": 4000},
+           "base_look_weight": 0.0, "base_lowres_small_codes": True, "all_share": 0.0, "n_train": 1500},
+    "v2": {"cards": asdict(DEMO2), "base_preset": "demo", "base_steps": 4500, "base_read_share": 0.25,
+           "base_card_share": 0.25, "base_look_weight": 1.0, "base_lowres_small_codes": False, "all_share": 0.1,
+           "n_train": 4000},
 }
 
 
@@ -177,7 +180,8 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
             output=str(base), steps=cfg.recipe("base_steps"), batch_size=cfg.base_batch, lr=cfg.base_lr,
             seed=cfg.seed, threads=cfg.threads, preset=cfg.recipe("base_preset"),
             read_share=cfg.recipe("base_read_share"), card_share=cfg.recipe("base_card_share"),
-            look_weight=cfg.recipe("base_look_weight"), cards=TASKS[cfg.task]["cards"]), log=log))
+            look_weight=cfg.recipe("base_look_weight"), lowres_small_codes=cfg.recipe("base_lowres_small_codes"),
+            cards=TASKS[cfg.task]["cards"]), log=log))
     _record_base(rec, base)
 
     # 2. data
