@@ -223,3 +223,57 @@ def test_small_codes_are_never_taught_at_low_res_when_told():
         assert shown_view("native", "page", s, off) == "native"
     kinds = {(s.meta["template"], s.meta["large_code"]) for s in samples}
     assert {("code", True), ("code", False), ("letter", False)} <= kinds
+
+
+def test_grid_cells_and_card_slots():
+    """PositionHeads' targets: each token's row and column cell of a 4 x 4 grid, row-major as the prompt holds the
+    tokens; WHERE_QUESTION's answer: the named card's slot, the crop id covering that card."""
+    from edge_awares.crops import AWARES_CROPS
+    from edge_awares.data.cards import DEMO2, card_slot, make_card_sample
+    from edge_awares.train.base import grid_cells
+
+    cells = grid_cells((8, 8))
+    assert cells.shape == (64, 2)
+    assert cells[:8, 0].tolist() == [0] * 8 and cells[:8, 1].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert cells[63].tolist() == [3, 3] and cells[8 * 2 + 5].tolist() == [1, 2]
+    assert grid_cells((6, 10))[-1].tolist() == [3, 3]
+    seen = set()
+    for i in range(80):
+        s = make_card_sample(11, i, DEMO2)
+        slot = card_slot(s)
+        seen.add(slot)
+        row = next(r for r in s.meta["cards"] if r[1] == s.meta["colour"])
+        x0, y0, x1, y1 = row[5]
+        assert AWARES_CROPS.covering((x0 + 4, y0 + 4, x1 - 4, y1 - 4), 224, 224)[0] == slot
+    assert {"0", "1", "2", "3"} <= seen and seen & {"5", "6", "7", "8"}
+    with pytest.raises(KeyError):
+        card_slot(s, "no such colour")
+
+
+def test_grounding_and_position_losses_train(tmp_path):
+    """where_share and pos_weight: "Where is the {colour} card?" examples (answer: the slot) and the position loss
+    on the language model's image tokens run, are recorded, and the saved checkpoint stays a plain Qwen2.5-VL."""
+    from edge_awares.data.cards import DEMO2
+    from edge_awares.errors import ConfigError
+    from edge_awares.models import read_checkpoint
+    from edge_awares.train.base import BaseRunConfig, train_base
+
+    from dataclasses import asdict
+
+    cfg = BaseRunConfig(output=str(tmp_path / "b"), steps=3, batch_size=4, warmup=1, eval_every=3, eval_n=2,
+                        threads=1, card_steps=0, where_share=0.5, pos_weight=1.0, look_weight=1.0,
+                        cards=asdict(DEMO2))
+    out = train_base(cfg, log=lambda m: None)
+    rec = json.loads((out / "base_run.json").read_text())
+    assert len(rec["pos_loss"]) == 3 and all(0 < v < 2 * np.log(4) + 1 for v in rec["pos_loss"])
+    assert "where/accuracy" in rec["evals"][-1]
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "np") as f:
+        names = list(f.keys())
+    assert names and not any("pos." in n or "aux." in n or ".row." in n for n in names)
+    assert read_checkpoint(out).path == out
+    with pytest.raises(ConfigError):
+        BaseRunConfig(output="x", read_share=0.5, card_share=0.3, where_share=0.3).validate()
+    with pytest.raises(ConfigError):
+        train_base(BaseRunConfig(output=str(tmp_path / "c"), steps=1, pos_weight=1.0, pos_layer=9, threads=1))

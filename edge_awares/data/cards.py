@@ -41,6 +41,9 @@ COLOUR_NAMES = ("red", "green", "blue", "orange", "purple", "pink")
 TEMPLATES = {"code": "What is the code on the {colour} card?", "letter": "Which letter is on the {colour} card?"}
 # Pretraining only (train/base.py): every card, in reading order, gives a dense reading signal.
 READ_QUESTION = "Read the cards."
+# Pretraining only: grounding. The answer is the named card's slot, a crop id of the crop set (a quadrant "0".."3", or
+# the half "5".."8" a spanning card covers), the same token the policy later writes in its crop request.
+WHERE_QUESTION = "Where is the {colour} card?"
 CODE_INK = (20, 20, 24)
 STRIP = (250, 250, 246)
 
@@ -233,6 +236,16 @@ def page_reading(cards: list[Card]) -> str:
     return ", ".join(f"{c.colour} {c.letter} {c.code}" for c in sorted(cards, key=lambda c: (c.box[1], c.box[0])))
 
 
+def card_slot(sample: Sample, colour: str | None = None) -> str:
+    """The slot (crop id) of the card of `colour` on `sample`'s page (default: the question's card): the answer to
+    WHERE_QUESTION."""
+    colour = colour or sample.meta["colour"]
+    for row in sample.meta["cards"]:
+        if row[1] == colour:
+            return str(row[0])
+    raise KeyError(f"no {colour} card on {sample.id}")
+
+
 def _sample(sid, image, card: Card, question, answer, box, detail, template, cfg, cards) -> Sample:
     return Sample(id=sid, image=image, question=question, answers=[answer], evidence_box=tuple(box),
                   needs_detail=detail, crop_ids=get_crop_set(cfg.crop_set).covering(box, cfg.size, cfg.size)[:1],
@@ -289,4 +302,5 @@ def write_cards(out_dir, n: int, seed: int = 0, cfg: CardsConfig | None = None, 
 
 
 __all__ = ["CardsConfig", "DEMO2", "Card", "make_card_sample", "make_card_page", "iter_card_samples", "write_cards",
-           "card_questions", "page_reading", "LETTERS", "TEMPLATES", "READ_QUESTION"]
+           "card_questions", "page_reading", "card_slot", "LETTERS", "TEMPLATES", "READ_QUESTION",
+           "WHERE_QUESTION"]

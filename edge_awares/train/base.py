@@ -31,7 +31,8 @@ import numpy as np
 
 from ..chat import IM_END, conversation_pieces, encode
 from ..crops import AWARES_CROPS
-from ..data.cards import COLOUR_NAMES, LETTERS, READ_QUESTION, CardsConfig, make_card_sample
+from ..data.cards import (COLOUR_NAMES, LETTERS, READ_QUESTION, WHERE_QUESTION, CardsConfig, card_slot,
+                          make_card_sample)
 from ..errors import ConfigError
 from ..models import load_pretrained
 from ..ranges import BATCH, COUNT, FRACTION, LEARNING_RATE, SEED, STEPS, THREADS, Range, check_ranges
@@ -60,6 +61,9 @@ class BaseRunConfig:
     card_share: float = 0.3  # share of single-card examples: the question's card cut out as the crop turn shows it
     aux_weight: float = 1.0  # weight of the vision tower's per-token card-attribute loss (0: off)
     look_weight: float = 0.0  # weight of the "look at the named card" attention loss (look_loss; 0: off)
+    where_share: float = 0.0  # share of "Where is the {colour} card?" examples (grounding; answer: the card's slot)
+    pos_weight: float = 0.0  # weight of the language model's per-image-token position loss (PositionHeads; 0: off)
+    pos_layer: int = 2  # the decoder layer whose output PositionHeads reads (hidden_states index: 0 = embeddings)
     # False: an example whose answer holds a small code (the question's, or any card's for READ_QUESTION) is shown at
     # native resolution even when its view draw says low-res. Why: the small codes are one fixed bitmap font, so in
     # the low-res view each digit is still a distinct 3x5-px blob that a model can learn to decode (measured: the v2
@@ -78,13 +82,15 @@ class BaseRunConfig:
 
     RANGES = {"steps": STEPS, "batch_size": BATCH, "lr": LEARNING_RATE, "min_lr_ratio": FRACTION,
               "warmup": COUNT, "weight_decay": Range(0.0, 10.0), "native_share": FRACTION, "read_share": FRACTION,
-              "card_share": FRACTION, "aux_weight": Range(0.0, 100.0), "look_weight": Range(0.0, 100.0), "card_steps": COUNT, "seed": SEED,
+              "card_share": FRACTION, "aux_weight": Range(0.0, 100.0), "look_weight": Range(0.0, 100.0),
+              "where_share": FRACTION, "pos_weight": Range(0.0, 100.0), "pos_layer": Range(1, 1000, integer=True),
+              "card_steps": COUNT, "seed": SEED,
               "data_seed": SEED, "eval_every": COUNT, "eval_n": Range(1, 10**6, integer=True), "threads": THREADS}
 
     def validate(self) -> "BaseRunConfig":
         check_ranges(self, self.RANGES)
-        if not (0.0 <= self.read_share and 0.0 <= self.card_share and self.read_share + self.card_share <= 1.0):
-            raise ConfigError("read_share and card_share must be >= 0 and sum to at most 1")
+        if self.read_share + self.card_share + self.where_share > 1.0:
+            raise ConfigError("read_share, card_share and where_share must sum to at most 1")
         if self.card_steps > 0 and self.card_share <= 0:
             raise ConfigError("card_steps needs card_share > 0")
         CardsConfig(**self.cards).validate()
@@ -127,7 +133,7 @@ class Encoder:
         prompt = encode(pieces, self.tok).ids.tolist()
         target = self.tok.encode(answer) + [self.im_end]
         out = {"ids": prompt + target, "labels": [-100] * len(prompt) + target,
-               "pixels": first.pixel_values(), "thw": first.grid_thw}
+               "pixels": first.pixel_values(), "thw": first.grid_thw, "pos": grid_cells(first.merged_hw)}
         if cards is not None:
             out["aux"] = token_attributes(cards, first.merged_hw, page.size, crop_box, legible=view == "native")
             if look is not None:  # look_loss's targets: the question's colour word, the card of that colour
@@ -158,6 +164,7 @@ class Encoder:
                "image_grid_thw": torch.tensor([e["thw"] for e in examples], dtype=torch.long)}
         if all("aux" in e for e in examples):
             out["aux"] = torch.from_numpy(np.concatenate([e["aux"] for e in examples]))
+        out["pos"] = torch.from_numpy(np.concatenate([e["pos"] for e in examples]))
         if any(e.get("look") for e in examples):
             # [2, B, n, n]: where query row i should look at key column j: [0] the colour word, [1] the card
             look = torch.zeros((2, len(examples), n, n), dtype=torch.bool)
@@ -213,6 +220,36 @@ def token_attributes(cards: list, merged_hw: tuple[int, int], page_size: tuple[i
     return np.asarray(rows, dtype=np.int64)
 
 
+def grid_cells(merged_hw: tuple[int, int], n: int = 4) -> np.ndarray:
+    """Per visual token (row-major, as the prompt holds them), its cell of an n x n grid over the view, int64
+    [n_tokens, 2]: [row cell, column cell]. PositionHeads' targets."""
+    h, w = merged_hw
+    r, c = np.divmod(np.arange(h * w), w)
+    return np.stack([r * n // h, c * n // w], axis=1).astype(np.int64)
+
+
+class PositionHeads(torch.nn.Module):
+    """Linear read-outs of each image token's place in the view (row and column cell of a 4 x 4 grid) from the
+    language model's hidden state after `pos_layer` decoder layers.
+
+    Why: a crop request names *where* the evidence is, so the tokens the request attends to must carry their own
+    position. Nothing puts it there by itself: Qwen2.5-VL's vision tower has only relative 2-D RoPE (no absolute
+    position embedding) and the language model's M-RoPE acts on query-key scores only, never on the values an
+    attention read returns; the answer to "which card" carries content, not place (measured: the v2 SFT policy,
+    trained without this, named the right crop on 21% of its requests, its ids collapsed onto one quadrant). The
+    language model can derive a token's absolute place (its M-RoPE offset to the text before the image is
+    absolute), and this dense target makes it do so early. Dropped after pretraining, like AuxHeads."""
+
+    def __init__(self, hidden: int, cells: int = 4):
+        super().__init__()
+        self.row = torch.nn.Linear(hidden, cells)
+        self.col = torch.nn.Linear(hidden, cells)
+
+    def loss(self, feats: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":
+        ce = torch.nn.functional.cross_entropy
+        return ce(self.row(feats), target[:, 0]) + ce(self.col(feats), target[:, 1])
+
+
 class AuxHeads(torch.nn.Module):
     """Linear read-outs of card attributes from each merged visual token (colour, letter, code digits).
 
@@ -260,7 +297,8 @@ def look_loss(attentions, target: "torch.Tensor", head: int = 0) -> "torch.Tenso
 
 def evaluate_views(model, model_dir: Path, samples: list, views=("native", "lowres", "card")) -> dict:
     """Greedy exact-match accuracy of `model` (in memory) per view and per template, through `Session`.
-    View "card": the question's card alone, cut out as the crop turn shows it, at native resolution."""
+    View "card": the question's card alone, cut out as the crop turn shows it, at native resolution; "where": the
+    grounding question about the question's card (WHERE_QUESTION), from the low-res view."""
     from ..runtimes.reference import TorchBackend
 
     from ..models import read_checkpoint
@@ -280,9 +318,12 @@ def evaluate_views(model, model_dir: Path, samples: list, views=("native", "lowr
                 image = s.image
                 if view == "card":
                     image = crop_views(image, AWARES_CROPS, s.crop_ids[:1], session.geometry)[0].source
-                r = session.run(image, s.question, crops="none", view="lowres" if view == "lowres" else "native",
-                                max_new_tokens=8)
-                hits.setdefault(s.meta["template"], []).append(int(r.answer.strip() == s.answers[0]))
+                question, answer = s.question, s.answers[0]
+                if view == "where":  # grounding, from the low-res view: the named card's slot
+                    question, answer = WHERE_QUESTION.format(colour=s.meta["colour"]), card_slot(s)
+                r = session.run(image, question, crops="none", view="native" if view in ("native", "card") else
+                                "lowres", max_new_tokens=8)
+                hits.setdefault(s.meta["template"], []).append(int(r.answer.strip() == answer))
             allh = [h for v in hits.values() for h in v]
             out[f"{view}/accuracy"] = sum(allh) / len(allh)
             for t, v in sorted(hits.items()):
@@ -295,6 +336,8 @@ def shown_view(view: str, kind: str, sample, cfg: BaseRunConfig) -> str:
     """The view an example is shown at: the drawn one, except that with `lowres_small_codes` off an answer holding a
     small code (the question's; for a "read" example, any card's) is shown at native resolution."""
     if view != "lowres" or cfg.lowres_small_codes:
+        return view
+    if kind == "where":
         return view
     small = (any(not (len(c) >= 7 and c[6]) for c in sample.meta["cards"]) if kind == "read"
              else bool(sample.needs_detail))
@@ -332,17 +375,25 @@ def train_base(cfg: BaseRunConfig, log=print) -> Path:
     model = load_pretrained(Qwen2_5_VLForConditionalGeneration, out, dtype=torch.float32, **attn).train()
     enc = Encoder(out)
     n_params = sum(p.numel() for p in model.parameters())
-    heads = AuxHeads(model.config.get_text_config().hidden_size)
+    hidden = model.config.get_text_config().hidden_size
+    heads = AuxHeads(hidden)
+    pos_heads = PositionHeads(hidden)
+    if cfg.pos_weight and cfg.pos_layer > model.config.get_text_config().num_hidden_layers:
+        raise ConfigError(f"pos_layer={cfg.pos_layer} is past the model's "
+                          f"{model.config.get_text_config().num_hidden_layers} decoder layers")
     captured = {}
     model.model.visual.register_forward_hook(lambda mod, inp, out: captured.__setitem__("feats", out.pooler_output))
     params = list(model.named_parameters()) + [("aux." + n, p) for n, p in heads.named_parameters()]
+    if cfg.pos_weight:
+        params += [("pos." + n, p) for n, p in pos_heads.named_parameters()]
     decay = [p for n, p in params if p.ndim >= 2 and "embed" not in n]
     rest = [p for n, p in params if not (p.ndim >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0}],
                             lr=cfg.lr, betas=(0.9, 0.98))
     rng = random.Random(cfg.seed)
     val = [make_card_sample(cfg.data_seed + 1, i, cards) for i in range(cfg.eval_n)]
-    history, aux_history, look_history, evals = [], [], [], []
+    history, aux_history, look_history, pos_history, evals = [], [], [], [], []
+    views = ("native", "lowres", "card") + (("where",) if cfg.where_share else ())
     t0 = time.perf_counter()
     index = 0
     log(f"base: {n_params / 1e6:.2f}M parameters, {cfg.steps} steps x {cfg.batch_size}, lr {cfg.lr}")
@@ -357,17 +408,21 @@ def train_base(cfg: BaseRunConfig, log=print) -> Path:
             view = "native" if phase1 or rng.random() < cfg.native_share else "lowres"
             u = rng.random()
             kind = "card" if phase1 or cfg.read_share <= u < cfg.read_share + cfg.card_share else (
-                "read" if u < cfg.read_share else "page")
-            question, answer = (READ_QUESTION, s.meta["reading"]) if kind == "read" else (s.question, s.answers[0])
+                "read" if u < cfg.read_share else
+                "where" if u < cfg.read_share + cfg.card_share + cfg.where_share else "page")
+            question, answer = (READ_QUESTION, s.meta["reading"]) if kind == "read" else (
+                (WHERE_QUESTION.format(colour=s.meta["colour"]), card_slot(s)) if kind == "where" else
+                (s.question, s.answers[0]))
             view = shown_view(view, kind, s, cfg)
             examples.append(enc.example(s.image, question, answer, view, cards=s.meta["cards"],
                                         crop_id=s.crop_ids[0] if kind == "card" else None,
-                                        look=s.meta["colour"] if kind == "page" and cfg.look_weight else None))
+                                        look=s.meta["colour"] if kind in ("page", "where") and cfg.look_weight
+                                        else None))
         batch = enc.batch(examples)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg)
-        aux_target, look_target = batch.pop("aux"), batch.pop("look", None)
-        result = model(**batch, output_attentions=look_target is not None)
+        aux_target, look_target, pos_target = batch.pop("aux"), batch.pop("look", None), batch.pop("pos")
+        result = model(**batch, output_attentions=look_target is not None, output_hidden_states=bool(cfg.pos_weight))
         loss = lm_loss = result.loss
         aux = heads.loss(captured.pop("feats"), aux_target)
         if cfg.aux_weight:
@@ -376,6 +431,11 @@ def train_base(cfg: BaseRunConfig, log=print) -> Path:
             look = look_loss(result.attentions, look_target)
             loss = loss + cfg.look_weight * look.mean()
             look_history.append([round(float(x), 4) for x in look.detach()])
+        if cfg.pos_weight:
+            image = batch["input_ids"] == enc.image_pad
+            pos = pos_heads.loss(result.hidden_states[cfg.pos_layer][image], pos_target)
+            loss = loss + cfg.pos_weight * pos
+            pos_history.append(round(float(pos.detach()), 4))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
@@ -386,17 +446,18 @@ def train_base(cfg: BaseRunConfig, log=print) -> Path:
             log(f"step {step + 1}: loss {np.mean(history[-50:]):.3f} aux {np.mean(aux_history[-50:]):.3f} "
                 + (f"look word {np.mean([x[0] for x in look_history[-50:]]):.3f} card "
                    f"{np.mean([x[1:] for x in look_history[-50:]]):.3f} " if look_history else "") +
+                (f"pos {np.mean(pos_history[-50:]):.3f} " if pos_history else "") +
                 f"lr {_lr_at(step, cfg):.2e} "
                 f"{(time.perf_counter() - t0) / (step + 1):.2f} s/step")
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            m = evaluate_views(model, out, val)  # restores training mode
+            m = evaluate_views(model, out, val, views)  # restores training mode
             evals.append({"step": step + 1, **m})
             log(f"eval @ {step + 1}: " + " ".join(f"{k} {v:.3f}" for k, v in m.items()))
     model.eval()
     model.save_pretrained(out, safe_serialization=True)
     record = {"config": asdict(cfg), "cards": asdict(cards), "parameters": n_params, "examples_seen": index,
               "seconds": round(time.perf_counter() - t0, 1), "loss": history, "aux_loss": aux_history,
-              "look_loss": look_history,
+              "look_loss": look_history, "pos_loss": pos_history,
               "evals": evals,
               "torch": torch.__version__}
     (out / "base_run.json").write_text(json.dumps(record, indent=1))
